@@ -1,0 +1,503 @@
+//! Configuration: a TOML file, then `CALLKEEPER__SECTION__KEY` environment overrides, then
+//! validation that reports every problem at once — before anything connects.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::domain::{Priority, QueueName};
+
+/// Exit code for a configuration the worker refuses to start with (BSD `EX_USAGE`).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+const ENV_PREFIX: &str = "CALLKEEPER__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub amqp: AmqpConfig,
+    pub store: StoreConfig,
+    pub http: HttpConfig,
+    pub schedule: ScheduleConfig,
+    pub notify: NotifyConfig,
+    pub intake: IntakeConfig,
+    /// How long SIGTERM waits for in-flight work before giving up on it.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Queues by name.
+    pub queues: BTreeMap<String, QueueConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    pub url: SecretString,
+    /// Declare the exchange, queues and bindings at start (off when ops own the topology).
+    pub declare_topology: bool,
+    pub exchange: String,
+    pub queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    /// Unacked deliveries the broker may hand us at once.
+    pub prefetch: u16,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/file.db` (created when missing).
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Base URL agents use to reach this API; put into webhooks as claim/attempt links.
+    pub public_url: String,
+    /// Bearer tokens accepted by `/v1`. Empty: a random token is made at start and written to
+    /// `<data dir>/api-token`.
+    pub api_tokens: Vec<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// How far ahead the timer keeps callbacks in memory; everything later stays in the store.
+    #[serde(with = "humantime_serde")]
+    pub horizon: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Webhook requests in flight at once, over all endpoints.
+    pub max_in_flight: usize,
+    /// Webhook requests in flight at once to one endpoint, so a slow one cannot hold the rest.
+    pub max_in_flight_per_endpoint: usize,
+    /// First retry delay; doubles per try, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Tries before a delivery is given up (kept, replayable).
+    pub max_tries: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeConfig {
+    /// How long `contact.opted_out` refuses new requests for that number.
+    #[serde(with = "humantime_serde")]
+    pub opt_out_period: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Where `callback.due` (and every other notice) goes.
+    pub webhook_url: String,
+    /// Where `callback.missed` and `callback.exhausted` also go.
+    pub escalation_url: Option<String>,
+    /// `whsec_<base64>`; list two while rotating, the first signs too.
+    pub signing_secrets: Vec<SecretString>,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    pub sla: SlaTargets,
+    #[serde(default = "default_at_risk_lead", with = "humantime_serde")]
+    pub at_risk_lead: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub initial_delay: Duration,
+    /// Delay before retry n (the last repeats), after `no_answer`, `busy` or `voicemail`.
+    #[serde(default = "default_retry_delays", deserialize_with = "durations")]
+    pub retry_delays: Vec<Duration>,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaTargets {
+    #[serde(with = "humantime_serde")]
+    pub normal: Duration,
+    #[serde(with = "humantime_serde")]
+    pub high: Duration,
+    #[serde(with = "humantime_serde")]
+    pub urgent: Duration,
+}
+
+impl SlaTargets {
+    pub fn for_priority(&self, priority: Priority) -> Duration {
+        match priority {
+            Priority::Normal => self.normal,
+            Priority::High => self.high,
+            Priority::Urgent => self.urgent,
+        }
+    }
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_at_risk_lead() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_retry_delays() -> Vec<Duration> {
+    vec![Duration::from_secs(10 * 60), Duration::from_secs(30 * 60)]
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            amqp: AmqpConfig::default(),
+            store: StoreConfig::default(),
+            http: HttpConfig::default(),
+            schedule: ScheduleConfig::default(),
+            notify: NotifyConfig::default(),
+            intake: IntakeConfig::default(),
+            drain_timeout: Duration::from_secs(20),
+            queues: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            declare_topology: true,
+            exchange: "callkeeper".into(),
+            queue: "callkeeper.intake".into(),
+            dead_letter_exchange: "callkeeper.dlx".into(),
+            dead_letter_queue: "callkeeper.dead".into(),
+            prefetch: 256,
+            reconnect_max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/callkeeper.db".into(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            api_tokens: Vec::new(),
+        }
+    }
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            horizon: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            max_in_flight: 64,
+            max_in_flight_per_endpoint: 8,
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(30 * 60),
+            max_tries: 15,
+        }
+    }
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self {
+            opt_out_period: Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+}
+
+/// Every problem found in a configuration, each with the key it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: impl Into<String>) -> Self {
+        Self {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (or only defaults when `None`), applies environment overrides, validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::one(format!("{}: cannot read: {e}", path.display())))?,
+            None => String::new(),
+        };
+        Self::from_toml_with_env(&text, std::env::vars())
+    }
+
+    /// Parses TOML text, overlays `CALLKEEPER__A__B=value` pairs from `env`, validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::one(format!("TOML: {e}")))?;
+        for (key, value) in env {
+            if let Some(path) = key.strip_prefix(ENV_PREFIX) {
+                overlay(&mut tree, path, &value)
+                    .map_err(|e| ConfigError::one(format!("environment {key}: {e}")))?;
+            }
+        }
+        let config: Config = toml::Value::Table(tree)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::one(e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let amqp_url = self.amqp.url.expose_secret();
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+            problems.push("amqp.url: must start with amqp:// or amqps://".into());
+        }
+        if self.amqp.prefetch == 0 {
+            problems.push("amqp.prefetch: must be at least 1".into());
+        }
+        if !self.store.url.starts_with("sqlite:") {
+            problems.push(format!(
+                "store.url: '{}' is not supported; use sqlite://path/to/file.db",
+                self.store.url
+            ));
+        }
+        if let Err(e) = reqwest::Url::parse(&self.http.public_url) {
+            problems.push(format!("http.public_url: {e}"));
+        }
+        if self.schedule.horizon < Duration::from_secs(1) {
+            problems.push("schedule.horizon: must be at least 1s".into());
+        }
+        if self.notify.max_in_flight == 0 || self.notify.max_in_flight_per_endpoint == 0 {
+            problems.push("notify.max_in_flight*: must be at least 1".into());
+        }
+        if self.notify.max_tries == 0 {
+            problems.push("notify.max_tries: must be at least 1".into());
+        }
+        if self.queues.is_empty() {
+            problems.push("queues: at least one queue must be configured ([queues.<name>])".into());
+        }
+        for (name, queue) in &self.queues {
+            let at = format!("queues.{name}");
+            if QueueName::parse(name).is_err() {
+                problems.push(format!(
+                    "{at}: name must be 1-64 characters of a-z, 0-9, '.', '_' or '-'"
+                ));
+            }
+            check_http_url(
+                &mut problems,
+                &format!("{at}.webhook_url"),
+                &queue.webhook_url,
+            );
+            if let Some(url) = &queue.escalation_url {
+                check_http_url(&mut problems, &format!("{at}.escalation_url"), url);
+            }
+            if queue.signing_secrets.is_empty() {
+                problems.push(format!(
+                    "{at}.signing_secrets: at least one whsec_ secret is required"
+                ));
+            }
+            for (i, secret) in queue.signing_secrets.iter().enumerate() {
+                if let Err(e) = decode_secret(secret) {
+                    problems.push(format!("{at}.signing_secrets[{i}]: {e}"));
+                }
+            }
+            if queue.timezone.parse::<chrono_tz::Tz>().is_err() {
+                problems.push(format!(
+                    "{at}.timezone: '{}' is not an IANA time zone",
+                    queue.timezone
+                ));
+            }
+            for priority in Priority::ALL {
+                if queue.sla.for_priority(*priority).is_zero() {
+                    problems.push(format!("{at}.sla.{priority}: must be longer than 0s"));
+                }
+            }
+            if queue.max_attempts == 0 {
+                problems.push(format!("{at}.max_attempts: must be at least 1"));
+            }
+            if queue.max_attempts > 1 && queue.retry_delays.is_empty() {
+                problems.push(format!("{at}.retry_delays: needed when max_attempts > 1"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The folder the SQLite file lives in, for the generated API token too.
+    pub fn data_dir(&self) -> PathBuf {
+        let path = self
+            .store
+            .url
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:");
+        let path = path.split('?').next().unwrap_or(path);
+        Path::new(path)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+/// A list of humantime durations (`["10m", "30m"]`).
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let wrapped: Vec<humantime_serde::Serde<Duration>> = Deserialize::deserialize(d)?;
+    Ok(wrapped.into_iter().map(|w| w.into_inner()).collect())
+}
+
+fn check_http_url(problems: &mut Vec<String>, key: &str, raw: &str) {
+    match reqwest::Url::parse(raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+        Ok(_) => problems.push(format!("{key}: must be an http or https URL")),
+        Err(e) => problems.push(format!("{key}: {e}")),
+    }
+}
+
+/// Decodes a `whsec_<base64>` signing secret into its key bytes.
+pub fn decode_secret(secret: &SecretString) -> Result<Vec<u8>, String> {
+    let raw = secret.expose_secret();
+    let b64 = raw
+        .strip_prefix("whsec_")
+        .ok_or("must start with 'whsec_'")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "the part after 'whsec_' is not valid base64".to_string())?;
+    if key.len() < 24 {
+        return Err(format!(
+            "key is {} bytes; use at least 24 random bytes",
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+/// Sets `a__b__c` (lowercased) in the TOML tree; the value is read as TOML when it parses as a
+/// TOML value (numbers, booleans, arrays), else taken as a string.
+fn overlay(tree: &mut toml::Table, path: &str, raw: &str) -> Result<(), String> {
+    let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+    if keys.iter().any(String::is_empty) {
+        return Err("empty key segment".into());
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let (last, parents) = keys.split_last().expect("at least one key");
+    let mut table = tree;
+    for key in parents {
+        let entry = table
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("'{key}' is not a table"))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUEUE: &str = r#"
+        [queues.support]
+        webhook_url = "http://127.0.0.1:9000/hooks"
+        signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+        sla = { normal = "4h", high = "1h", urgent = "15m" }
+    "#;
+
+    #[test]
+    fn defaults_plus_one_queue_are_valid() {
+        let config = Config::from_toml_with_env(QUEUE, []).unwrap();
+        assert_eq!(config.http.listen.port(), 8080);
+        assert_eq!(config.queues["support"].max_attempts, 3);
+        assert_eq!(config.data_dir(), PathBuf::from("data"));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let env = [
+            (
+                "CALLKEEPER__HTTP__LISTEN".to_string(),
+                "127.0.0.1:9999".to_string(),
+            ),
+            (
+                "CALLKEEPER__QUEUES__SUPPORT__MAX_ATTEMPTS".to_string(),
+                "5".to_string(),
+            ),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let config = Config::from_toml_with_env(QUEUE, env).unwrap();
+        assert_eq!(config.http.listen.port(), 9999);
+        assert_eq!(config.queues["support"].max_attempts, 5);
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let text = r#"
+            [amqp]
+            url = "http://nope"
+            [queues.Bad]
+            webhook_url = "ftp://x"
+            signing_secrets = ["secret"]
+            timezone = "Mars/Olympus"
+            sla = { normal = "0s", high = "1h", urgent = "15m" }
+        "#;
+        let err = Config::from_toml_with_env(text, []).unwrap_err();
+        let all = err.to_string();
+        for needle in [
+            "amqp.url",
+            "queues.Bad: name",
+            "webhook_url",
+            "whsec_",
+            "Mars/Olympus",
+            "sla.normal",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from {all}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml_with_env("[amqp]\nprefech = 3\n", []).unwrap_err();
+        assert!(err.to_string().contains("prefech"), "{err}");
+    }
+}

@@ -1,0 +1,116 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A callable phone number in E.164 form (`+31612345678`), valid by libphonenumber's rules.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Phone(String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PhoneError {
+    #[error("phone number must be in E.164 form, starting with '+'")]
+    NotE164,
+    #[error("phone number is not a valid number for its region")]
+    Invalid,
+}
+
+impl Phone {
+    pub fn parse(raw: &str) -> Result<Self, PhoneError> {
+        let raw = raw.trim();
+        let digits = raw.strip_prefix('+').ok_or(PhoneError::NotE164)?;
+        if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(PhoneError::NotE164);
+        }
+        let number = phonenumber::parse(None, raw).map_err(|_| PhoneError::Invalid)?;
+        if !phonenumber::is_valid(&number) {
+            return Err(PhoneError::Invalid);
+        }
+        let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+        Ok(Self(e164))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The ISO 3166 region the number belongs to (`NL`, `US`), when libphonenumber knows it.
+    pub fn region(&self) -> Option<String> {
+        let number = phonenumber::parse(None, &self.0).ok()?;
+        number.country().id().map(|id| format!("{id:?}"))
+    }
+
+    /// The form allowed in logs, metrics and error texts: `+3161*****78`.
+    pub fn masked(&self) -> String {
+        mask_phone(&self.0)
+    }
+}
+
+/// Masks anything phone-like so at most the first five and the last two characters show.
+/// Used for raw input too, before it is known to be a valid number.
+pub fn mask_phone(raw: &str) -> String {
+    let chars: Vec<char> = raw.chars().collect();
+    if chars.len() <= 7 {
+        return "*".repeat(chars.len());
+    }
+    let hidden = chars.len() - 7;
+    let mut out: String = chars[..5].iter().collect();
+    out.push_str(&"*".repeat(hidden));
+    out.extend(&chars[chars.len() - 2..]);
+    out
+}
+
+impl TryFrom<String> for Phone {
+    type Error = PhoneError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<Phone> for String {
+    fn from(value: Phone) -> Self {
+        value.0
+    }
+}
+
+/// Debug and Display never print the full number, so a stray `{:?}` cannot leak it into logs.
+impl fmt::Debug for Phone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Phone({})", self.masked())
+    }
+}
+
+impl fmt::Display for Phone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_valid_e164() {
+        let p = Phone::parse("+31612345678").unwrap();
+        assert_eq!(p.as_str(), "+31612345678");
+        assert_eq!(p.region().as_deref(), Some("NL"));
+    }
+
+    #[test]
+    fn rejects_non_e164_and_invalid() {
+        assert_eq!(Phone::parse("0612345678"), Err(PhoneError::NotE164));
+        assert_eq!(Phone::parse("+31 6 1234"), Err(PhoneError::NotE164));
+        assert_eq!(Phone::parse("+"), Err(PhoneError::NotE164));
+        assert_eq!(Phone::parse("+999999"), Err(PhoneError::Invalid));
+        assert_eq!(Phone::parse("+3161234"), Err(PhoneError::Invalid));
+    }
+
+    #[test]
+    fn masks_as_the_contract_shows() {
+        assert_eq!(mask_phone("+31612345678"), "+3161*****78");
+        assert_eq!(mask_phone("+1234"), "*****");
+        let p = Phone::parse("+31612345678").unwrap();
+        assert_eq!(format!("{p} {p:?}"), "+3161*****78 Phone(+3161*****78)");
+    }
+}

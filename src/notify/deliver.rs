@@ -1,0 +1,2 @@
+//! The delivery worker. STUB.
+pub struct Notifier;

@@ -1,0 +1,9 @@
+//! When a callback is due, by when it must happen, and the one timer that fires it.
+
+mod rules;
+mod timer;
+mod wakeups;
+
+pub use rules::{Plan, QueuePolicy, Rules};
+pub use timer::Timer;
+pub use wakeups::{WakeupReceivers, Wakeups};

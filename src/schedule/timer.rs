@@ -1,0 +1,2 @@
+//! The one timer task. STUB: filled in by the timer work.
+pub struct Timer;

@@ -1,0 +1,149 @@
+//! The store: the source of truth. One [`Store`] trait, one module per database; SQL stays in
+//! those modules, the lifecycle rules stay in [`crate::domain::lifecycle`].
+
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::inbound::{AttemptReport, Inbound, InboundOutcome};
+use crate::domain::lifecycle::LifecycleError;
+use crate::domain::{Attempt, Callback, CallbackId, CancelReason, QueueName, State};
+use crate::notify::{Delivery, DeliveryState};
+use crate::schedule::{Rules, Wakeups};
+
+pub use sqlite::SqliteStore;
+
+pub type Result<T = (), E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or failed: transient, retry later.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row no longer decodes (a bug or a hand edit).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("callback not found")]
+    NotFound,
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+}
+
+/// What the store needs beside its connection.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub rules: Arc<Rules>,
+    /// Base URL of this API, for the claim/attempt links in webhook bodies.
+    pub public_url: String,
+    /// How long an opt-out refuses new requests.
+    pub opt_out_period: Duration,
+    /// Woken after commits that change fire times or add deliveries.
+    pub wakeups: Wakeups,
+}
+
+/// `GET /v1/callbacks` filters; `cursor` is the last id of the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub queue: Option<QueueName>,
+    pub state: Option<State>,
+    pub limit: u32,
+    pub cursor: Option<CallbackId>,
+}
+
+/// The result of a timer step for one callback.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Advanced {
+    /// Webhook deliveries created by this step.
+    pub deliveries: u32,
+    /// When the timer should look at this callback again.
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// How a delivery try ended, as the notifier reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TryResult {
+    Delivered {
+        status: u16,
+    },
+    /// Retry at `retry_at`, or give up (kept, replayable) when `None`.
+    Failed {
+        status: Option<u16>,
+        error: String,
+        retry_at: Option<DateTime<Utc>>,
+    },
+    /// 410 Gone: the endpoint is disabled and its pending deliveries are held.
+    Gone,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Runs migrations; idempotent.
+    async fn migrate(&self) -> Result;
+
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result;
+
+    /// Applies decoded events in one transaction, each idempotent on its key; one outcome per
+    /// event, in order. An `Err` means nothing was applied and the batch may be retried.
+    async fn apply_inbound(
+        &self,
+        batch: &[Inbound],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<InboundOutcome>>;
+
+    async fn get(&self, id: CallbackId) -> Result<Option<Callback>>;
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<Callback>>;
+    async fn attempts(&self, id: CallbackId) -> Result<Vec<Attempt>>;
+
+    async fn claim(&self, id: CallbackId, agent_id: &str, now: DateTime<Utc>) -> Result<Callback>;
+    async fn record_attempt(
+        &self,
+        id: CallbackId,
+        report: &AttemptReport,
+        now: DateTime<Utc>,
+    ) -> Result<Callback>;
+    async fn cancel(
+        &self,
+        id: CallbackId,
+        reason: CancelReason,
+        now: DateTime<Utc>,
+    ) -> Result<Callback>;
+
+    /// Callbacks the timer must look at by `until`, earliest first, at most `limit`.
+    async fn fire_times(
+        &self,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(DateTime<Utc>, CallbackId)>>;
+    /// Applies the time-driven transitions due at `now` and queues their webhooks.
+    async fn advance(&self, id: CallbackId, now: DateTime<Utc>) -> Result<Advanced>;
+
+    /// Pending deliveries whose time has come, earliest first, at most `limit`.
+    async fn ready_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>>;
+    /// When the earliest pending delivery is due, if any.
+    async fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>>;
+    async fn record_try(&self, id: &str, result: &TryResult, now: DateTime<Utc>) -> Result;
+    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>>;
+    async fn list_deliveries(
+        &self,
+        state: Option<DeliveryState>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>>;
+    /// Makes a given-up or held delivery pending again (and re-enables its endpoint).
+    async fn replay_delivery(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Delivery>>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store named by `url`, applying migrations.
+pub async fn open(url: &str, settings: StoreSettings) -> Result<SharedStore> {
+    let store = SqliteStore::connect(url, settings).await?;
+    store.migrate().await?;
+    Ok(Arc::new(store))
+}
