@@ -496,6 +496,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let config =
+            Config::from_toml_with_env(include_str!("../deploy/callkeeper.toml"), []).unwrap();
+        assert!(config.queues.contains_key("support"));
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = Config::from_toml_with_env("[amqp]\nprefech = 3\n", []).unwrap_err();
         assert!(err.to_string().contains("prefech"), "{err}");
