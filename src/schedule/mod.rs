@@ -1,9 +1,11 @@
 //! When a callback is due, by when it must happen, and the one timer that fires it.
 
+mod calendar;
 mod rules;
 mod timer;
 mod wakeups;
 
+pub use calendar::{Calendar, Range};
 pub use rules::{Plan, QueuePolicy, Rules};
 pub use timer::Timer;
 pub use wakeups::{WakeupReceivers, Wakeups};
