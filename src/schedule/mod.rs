@@ -8,6 +8,6 @@ mod wakeups;
 
 pub use calendar::{Calendar, Range};
 pub use country_zones::zone_of_country;
-pub use rules::{Plan, QueuePolicy, Rules};
+pub use rules::{Callee, CallingWindows, Plan, QueuePolicy, Rules};
 pub use timer::Timer;
 pub use wakeups::{WakeupReceivers, Wakeups};
