@@ -145,11 +145,13 @@ pub struct CallbackPage {
 // Bodies take every field as an option so a missing one is reported by name, by us.
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a JSON object")]
 pub struct ClaimBody {
     agent_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a JSON object")]
 pub struct AttemptBody {
     agent_id: Option<String>,
     outcome: Option<String>,
@@ -157,6 +159,7 @@ pub struct AttemptBody {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a JSON object")]
 pub struct CancelBody {
     reason: Option<String>,
 }
