@@ -269,12 +269,7 @@ impl SqliteStore {
                 format!("number {} opted out of contact", request.phone),
             ));
         }
-        let plan = policy.plan(
-            request.priority,
-            &request.phone,
-            request.window.as_ref(),
-            now,
-        );
+        let plan = policy.plan(request, now);
         let open = sqlx::query(&format!(
             "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE phone = ? AND queue = ? AND {OPEN}"
         ))
