@@ -412,6 +412,35 @@ async fn a_batch_with_one_key_twice_applies_once() {
 }
 
 #[tokio::test]
+async fn later_events_in_a_batch_see_earlier_ones() {
+    let h = harness().await;
+    let batch = [
+        event("b1", "fp", Command::Request(request(PHONE, "support"))),
+        event("b2", "fp", Command::Request(request(PHONE, "support"))),
+        event(
+            "b3",
+            "fp",
+            Command::OptOut {
+                phone: phone(PHONE),
+            },
+        ),
+        event("b4", "fp", Command::Request(request(PHONE, "sales"))),
+    ];
+    let outcomes = h.store.apply_inbound(&batch, t0()).await.unwrap();
+    let InboundOutcome::Created(id) = outcomes[0] else {
+        panic!("expected Created, got {outcomes:?}");
+    };
+    assert_eq!(outcomes[1], InboundOutcome::Merged(id));
+    assert_eq!(outcomes[2], InboundOutcome::Cancelled(1));
+    assert!(matches!(&outcomes[3], InboundOutcome::Rejected(r) if r.reason == "opted_out"));
+    let cb = h.store.get(id).await.unwrap().unwrap();
+    assert_eq!((cb.requests, cb.state), (2, State::Cancelled));
+    // Applied keys were recorded; the rejected one was not.
+    let replay = h.store.apply_inbound(&batch[..3], t0()).await.unwrap();
+    assert_eq!(replay, vec![InboundOutcome::Duplicate; 3]);
+}
+
+#[tokio::test]
 async fn advance_when_due_queues_one_due_webhook() {
     let h = harness().await;
     let id = h.create(PHONE, "support", t0()).await;
@@ -937,4 +966,61 @@ async fn fire_times_are_earliest_first_and_bounded() {
         h.store.fire_times(t0() + mins(60), 1).await.unwrap().len(),
         1
     );
+}
+
+#[tokio::test]
+async fn in_memory_database_works_for_demos() {
+    let config = Config::from_toml_with_env(TOML, []).unwrap();
+    let (wakeups, _receivers) = Wakeups::new();
+    let settings = StoreSettings {
+        rules: Arc::new(Rules::from_config(&config)),
+        public_url: config.http.public_url.clone(),
+        opt_out_period: OPT_OUT_PERIOD,
+        wakeups,
+    };
+    let store = callkeeper::store::open("sqlite::memory:", settings)
+        .await
+        .unwrap();
+    let ev = event("m1", "fp", Command::Request(request(PHONE, "support")));
+    let outcomes = store.apply_inbound(&[ev], t0()).await.unwrap();
+    let InboundOutcome::Created(id) = outcomes[0] else {
+        panic!("expected Created, got {outcomes:?}");
+    };
+    assert_eq!(store.get(id).await.unwrap().unwrap().id, id);
+    store.ping().await.unwrap();
+}
+
+/// Throughput check for the intake path; run by hand:
+/// `cargo test --release --test store_sqlite bulk -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "load check, run by hand"]
+async fn bulk_intake_in_batches() {
+    let h = harness().await;
+    let total = 20_000u32;
+    let mut created = 0;
+    let events: Vec<Inbound> = (0..total)
+        .map(|i| {
+            let number = format!("+316{:08}", 10_000_000 + i);
+            event(
+                &format!("bulk-{i}"),
+                "fp",
+                Command::Request(request(&number, "support")),
+            )
+        })
+        .collect();
+    // Timed from here: decoding (phone parsing) belongs to intake, not the store.
+    let started = std::time::Instant::now();
+    for batch in events.chunks(256) {
+        for outcome in h.store.apply_inbound(batch, t0()).await.unwrap() {
+            created += matches!(outcome, InboundOutcome::Created(_)) as u32;
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{total} requests in {elapsed:?}: {:.0}/s",
+        f64::from(total) / elapsed.as_secs_f64()
+    );
+    assert_eq!(created, total);
+    let fires = h.store.fire_times(t0(), 500).await.unwrap();
+    assert_eq!(fires.len(), 500);
 }
