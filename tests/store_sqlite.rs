@@ -1024,3 +1024,115 @@ async fn bulk_intake_in_batches() {
     let fires = h.store.fire_times(t0(), 500).await.unwrap();
     assert_eq!(fires.len(), 500);
 }
+
+#[tokio::test]
+async fn a_failed_batch_applies_nothing_and_the_store_recovers() {
+    let h = harness().await;
+    // Make the database itself fail late in the batch: after the callbacks were written, when
+    // the keys are recorded.
+    let mut conn = {
+        use sqlx::Connection;
+        sqlx::SqliteConnection::connect(&h.url).await.unwrap()
+    };
+    sqlx::query(
+        "CREATE TRIGGER boom BEFORE INSERT ON inbound_events WHEN NEW.id = 'boom' \
+         BEGIN SELECT RAISE(ABORT, 'boom'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let batch = [
+        event("ok", "fp", Command::Request(request(PHONE, "support"))),
+        event(
+            "boom",
+            "fp",
+            Command::Request(request("+31612345670", "support")),
+        ),
+    ];
+    let err = h.store.apply_inbound(&batch, t0()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err}");
+    assert!(h
+        .store
+        .list(&ListFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+
+    sqlx::query("DROP TRIGGER boom")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let outcomes = h.store.apply_inbound(&batch, t0()).await.unwrap();
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, InboundOutcome::Created(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_and_readers_do_not_collide() {
+    let h = Arc::new(harness().await);
+    let ids: Vec<CallbackId> = {
+        let batch: Vec<Inbound> = (0..20)
+            .map(|i| {
+                let number = format!("+316123456{i:02}");
+                event(
+                    &format!("c{i}"),
+                    "fp",
+                    Command::Request(request(&number, "support")),
+                )
+            })
+            .collect();
+        h.store
+            .apply_inbound(&batch, t0())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| match o {
+                InboundOutcome::Created(id) => id,
+                other => panic!("expected Created, got {other:?}"),
+            })
+            .collect()
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, id) in ids.iter().copied().enumerate() {
+        let h = h.clone();
+        tasks.spawn(async move {
+            h.store.advance(id, t0()).await.unwrap();
+            h.store
+                .claim(id, &format!("agent-{i}"), t0())
+                .await
+                .unwrap();
+            h.store.get(id).await.unwrap().unwrap();
+            h.store.list(&ListFilter::default()).await.unwrap();
+            let more = event(
+                &format!("late-{i}"),
+                "fp",
+                Command::Request(request(&format!("+316123457{i:02}"), "sales")),
+            );
+            h.store.apply_inbound(&[more], t0()).await.unwrap();
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+    let claimed = h
+        .store
+        .list(&ListFilter {
+            state: Some(State::Claimed),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 20);
+    let sales = h
+        .store
+        .list(&ListFilter {
+            queue: Some(queue("sales")),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(sales.len(), 20);
+}
