@@ -412,6 +412,35 @@ async fn a_batch_with_one_key_twice_applies_once() {
 }
 
 #[tokio::test]
+async fn later_events_in_a_batch_see_earlier_ones() {
+    let h = harness().await;
+    let batch = [
+        event("b1", "fp", Command::Request(request(PHONE, "support"))),
+        event("b2", "fp", Command::Request(request(PHONE, "support"))),
+        event(
+            "b3",
+            "fp",
+            Command::OptOut {
+                phone: phone(PHONE),
+            },
+        ),
+        event("b4", "fp", Command::Request(request(PHONE, "sales"))),
+    ];
+    let outcomes = h.store.apply_inbound(&batch, t0()).await.unwrap();
+    let InboundOutcome::Created(id) = outcomes[0] else {
+        panic!("expected Created, got {outcomes:?}");
+    };
+    assert_eq!(outcomes[1], InboundOutcome::Merged(id));
+    assert_eq!(outcomes[2], InboundOutcome::Cancelled(1));
+    assert!(matches!(&outcomes[3], InboundOutcome::Rejected(r) if r.reason == "opted_out"));
+    let cb = h.store.get(id).await.unwrap().unwrap();
+    assert_eq!((cb.requests, cb.state), (2, State::Cancelled));
+    // Applied keys were recorded; the rejected one was not.
+    let replay = h.store.apply_inbound(&batch[..3], t0()).await.unwrap();
+    assert_eq!(replay, vec![InboundOutcome::Duplicate; 3]);
+}
+
+#[tokio::test]
 async fn advance_when_due_queues_one_due_webhook() {
     let h = harness().await;
     let id = h.create(PHONE, "support", t0()).await;
@@ -937,4 +966,173 @@ async fn fire_times_are_earliest_first_and_bounded() {
         h.store.fire_times(t0() + mins(60), 1).await.unwrap().len(),
         1
     );
+}
+
+#[tokio::test]
+async fn in_memory_database_works_for_demos() {
+    let config = Config::from_toml_with_env(TOML, []).unwrap();
+    let (wakeups, _receivers) = Wakeups::new();
+    let settings = StoreSettings {
+        rules: Arc::new(Rules::from_config(&config)),
+        public_url: config.http.public_url.clone(),
+        opt_out_period: OPT_OUT_PERIOD,
+        wakeups,
+    };
+    let store = callkeeper::store::open("sqlite::memory:", settings)
+        .await
+        .unwrap();
+    let ev = event("m1", "fp", Command::Request(request(PHONE, "support")));
+    let outcomes = store.apply_inbound(&[ev], t0()).await.unwrap();
+    let InboundOutcome::Created(id) = outcomes[0] else {
+        panic!("expected Created, got {outcomes:?}");
+    };
+    assert_eq!(store.get(id).await.unwrap().unwrap().id, id);
+    store.ping().await.unwrap();
+}
+
+/// Throughput check for the intake path; run by hand:
+/// `cargo test --release --test store_sqlite bulk -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "load check, run by hand"]
+async fn bulk_intake_in_batches() {
+    let h = harness().await;
+    let total = 20_000u32;
+    let mut created = 0;
+    let events: Vec<Inbound> = (0..total)
+        .map(|i| {
+            let number = format!("+316{:08}", 10_000_000 + i);
+            event(
+                &format!("bulk-{i}"),
+                "fp",
+                Command::Request(request(&number, "support")),
+            )
+        })
+        .collect();
+    // Timed from here: decoding (phone parsing) belongs to intake, not the store.
+    let started = std::time::Instant::now();
+    for batch in events.chunks(256) {
+        for outcome in h.store.apply_inbound(batch, t0()).await.unwrap() {
+            created += matches!(outcome, InboundOutcome::Created(_)) as u32;
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{total} requests in {elapsed:?}: {:.0}/s",
+        f64::from(total) / elapsed.as_secs_f64()
+    );
+    assert_eq!(created, total);
+    let fires = h.store.fire_times(t0(), 500).await.unwrap();
+    assert_eq!(fires.len(), 500);
+}
+
+#[tokio::test]
+async fn a_failed_batch_applies_nothing_and_the_store_recovers() {
+    let h = harness().await;
+    // Make the database itself fail late in the batch: after the callbacks were written, when
+    // the keys are recorded.
+    let mut conn = {
+        use sqlx::Connection;
+        sqlx::SqliteConnection::connect(&h.url).await.unwrap()
+    };
+    sqlx::query(
+        "CREATE TRIGGER boom BEFORE INSERT ON inbound_events WHEN NEW.id = 'boom' \
+         BEGIN SELECT RAISE(ABORT, 'boom'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let batch = [
+        event("ok", "fp", Command::Request(request(PHONE, "support"))),
+        event(
+            "boom",
+            "fp",
+            Command::Request(request("+31612345670", "support")),
+        ),
+    ];
+    let err = h.store.apply_inbound(&batch, t0()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err}");
+    assert!(h
+        .store
+        .list(&ListFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+
+    sqlx::query("DROP TRIGGER boom")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let outcomes = h.store.apply_inbound(&batch, t0()).await.unwrap();
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, InboundOutcome::Created(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_and_readers_do_not_collide() {
+    let h = Arc::new(harness().await);
+    let ids: Vec<CallbackId> = {
+        let batch: Vec<Inbound> = (0..20)
+            .map(|i| {
+                let number = format!("+316123456{i:02}");
+                event(
+                    &format!("c{i}"),
+                    "fp",
+                    Command::Request(request(&number, "support")),
+                )
+            })
+            .collect();
+        h.store
+            .apply_inbound(&batch, t0())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| match o {
+                InboundOutcome::Created(id) => id,
+                other => panic!("expected Created, got {other:?}"),
+            })
+            .collect()
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, id) in ids.iter().copied().enumerate() {
+        let h = h.clone();
+        tasks.spawn(async move {
+            h.store.advance(id, t0()).await.unwrap();
+            h.store
+                .claim(id, &format!("agent-{i}"), t0())
+                .await
+                .unwrap();
+            h.store.get(id).await.unwrap().unwrap();
+            h.store.list(&ListFilter::default()).await.unwrap();
+            let more = event(
+                &format!("late-{i}"),
+                "fp",
+                Command::Request(request(&format!("+316123457{i:02}"), "sales")),
+            );
+            h.store.apply_inbound(&[more], t0()).await.unwrap();
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+    let claimed = h
+        .store
+        .list(&ListFilter {
+            state: Some(State::Claimed),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 20);
+    let sales = h
+        .store
+        .list(&ListFilter {
+            queue: Some(queue("sales")),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(sales.len(), 20);
 }

@@ -34,8 +34,8 @@ CREATE TABLE callbacks (
     next_fire_at      INTEGER
 );
 
--- The timer's view: earliest fire time first.
-CREATE INDEX callbacks_next_fire_at ON callbacks (next_fire_at) WHERE next_fire_at IS NOT NULL;
+-- The timer's view: earliest fire time first (covering, with id as the tie-breaker).
+CREATE INDEX callbacks_next_fire_at ON callbacks (next_fire_at, id) WHERE next_fire_at IS NOT NULL;
 
 -- At most one open callback per phone and queue: duplicates merge into it. Also serves the
 -- merge lookup and cancel-by-phone / opt-out (phone is the leading column).
@@ -83,8 +83,10 @@ CREATE TABLE deliveries (
     delivered_at INTEGER
 );
 
--- The notifier's view: pending deliveries by time; also list_deliveries by state.
-CREATE INDEX deliveries_state_next_try_at ON deliveries (state, next_try_at);
+-- The notifier's view: pending deliveries by time (id breaks ties).
+CREATE INDEX deliveries_state_next_try_at ON deliveries (state, next_try_at, id);
+-- list_deliveries by state, newest (highest msg_<uuidv7> id) first.
+CREATE INDEX deliveries_state_id ON deliveries (state, id);
 -- 410 Gone holds every pending delivery to that URL.
 CREATE INDEX deliveries_pending_url ON deliveries (url) WHERE state = 'pending';
 CREATE INDEX deliveries_callback_id ON deliveries (callback_id);

@@ -7,6 +7,7 @@
 //! Wakeups go out after COMMIT, never before, so the timer and notifier never see uncommitted
 //! work.
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use chrono::TimeDelta;
@@ -72,6 +73,10 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .min_connections(1)
             .max_connections(1)
+            // Keep the one connection for good: reopening costs, and an in-memory database
+            // would vanish with it.
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(base.clone().journal_mode(SqliteJournalMode::Wal))
             .await?;
         // An in-memory database exists once per connection set; share the writer for reads.
@@ -222,11 +227,7 @@ impl SqliteStore {
         now: DateTime<Utc>,
         effects: &mut Effects,
     ) -> Result<u32> {
-        let mut sql =
-            format!("SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE phone = ? AND {OPEN}");
-        if queue.is_some() {
-            sql.push_str(" AND queue = ?");
-        }
+        let sql = sql::open_for_phone(queue.is_some());
         let mut query = sqlx::query(&sql).bind(phone.as_str());
         if let Some(queue) = queue {
             query = query.bind(queue.as_str());
@@ -249,6 +250,7 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         request: &CallbackRequest,
         now: DateTime<Utc>,
+        opted_out: &HashSet<String>,
         effects: &mut Effects,
     ) -> Result<InboundOutcome> {
         let Some(policy) = self.policy(&request.queue) else {
@@ -257,26 +259,18 @@ impl SqliteStore {
                 format!("queue '{}' is not configured", request.queue),
             ));
         };
-        let opted_out: Option<i64> =
-            sqlx::query_scalar("SELECT until FROM opt_outs WHERE phone = ? AND until > ?")
-                .bind(request.phone.as_str())
-                .bind(ms(now))
-                .fetch_optional(&mut *conn)
-                .await?;
-        if opted_out.is_some() {
+        if opted_out.contains(request.phone.as_str()) {
             return Ok(rejected(
                 "opted_out",
                 format!("number {} opted out of contact", request.phone),
             ));
         }
         let plan = policy.plan(request, now);
-        let open = sqlx::query(&format!(
-            "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE phone = ? AND queue = ? AND {OPEN}"
-        ))
-        .bind(request.phone.as_str())
-        .bind(request.queue.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
+        let open = sqlx::query(&sql::open_for_phone(true))
+            .bind(request.phone.as_str())
+            .bind(request.queue.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
         match open {
             Some(row) => {
                 let (mut callback, stored_next) = callback_from_row(&row)?;
@@ -302,10 +296,14 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         command: &Command,
         now: DateTime<Utc>,
+        opted_out: &mut HashSet<String>,
         effects: &mut Effects,
     ) -> Result<InboundOutcome> {
         match command {
-            Command::Request(request) => self.request_in(conn, request, now, effects).await,
+            Command::Request(request) => {
+                self.request_in(conn, request, now, opted_out, effects)
+                    .await
+            }
             Command::Cancel {
                 target: CancelTarget::Id(id),
                 reason,
@@ -341,6 +339,9 @@ impl SqliteStore {
                 .bind(ms(until))
                 .execute(&mut *conn)
                 .await?;
+                if until > now {
+                    opted_out.insert(phone.as_str().to_owned());
+                }
                 Ok(InboundOutcome::Cancelled(n))
             }
             Command::Attempt {
@@ -422,16 +423,15 @@ impl Store for SqliteStore {
         let mut effects = Effects::default();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut tx = self.begin_write().await?;
+        // Keys and opt-outs are fetched for the whole batch up front (a few queries instead of
+        // two per event) and kept current as events apply, so a later event sees an earlier one.
+        let mut fingerprints = known_fingerprints(&mut tx, batch).await?;
+        let mut opted_out = opted_out_phones(&mut tx, batch, now).await?;
+        let mut applied = Vec::new();
         for event in batch {
-            let seen: Option<String> = sqlx::query_scalar(
-                "SELECT fingerprint FROM inbound_events WHERE source = ? AND id = ?",
-            )
-            .bind(&event.key.source)
-            .bind(&event.key.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let outcome = match seen {
-                Some(fingerprint) if fingerprint == event.fingerprint => InboundOutcome::Duplicate,
+            let key = (event.key.source.clone(), event.key.id.clone());
+            let outcome = match fingerprints.get(&key) {
+                Some(fingerprint) if *fingerprint == event.fingerprint => InboundOutcome::Duplicate,
                 Some(_) => {
                     warn!(source = %event.key.source, event_id = %event.key.id, "Inbound event reuses a key with another payload; not applied.");
                     rejected(
@@ -443,28 +443,21 @@ impl Store for SqliteStore {
                     )
                 }
                 None => {
-                    self.command_in(&mut tx, &event.command, now, &mut effects)
+                    self.command_in(&mut tx, &event.command, now, &mut opted_out, &mut effects)
                         .await?
                 }
             };
-            let applied = !matches!(
+            // Rejections are not recorded, so a corrected republish under the key can apply.
+            if !matches!(
                 outcome,
                 InboundOutcome::Rejected(_) | InboundOutcome::Duplicate
-            );
-            if applied {
-                sqlx::query(
-                    "INSERT INTO inbound_events (source, id, fingerprint, applied_at) \
-                     VALUES (?, ?, ?, ?)",
-                )
-                .bind(&event.key.source)
-                .bind(&event.key.id)
-                .bind(&event.fingerprint)
-                .bind(ms(now))
-                .execute(&mut *tx)
-                .await?;
+            ) {
+                fingerprints.insert(key, event.fingerprint.clone());
+                applied.push(event);
             }
             outcomes.push(outcome);
         }
+        record_events(&mut tx, &applied, now).await?;
         tx.commit().await?;
         effects.wake(&self.settings.wakeups);
         Ok(outcomes)
@@ -476,17 +469,11 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<Callback>> {
-        let mut sql = format!("SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE 1 = 1");
-        if filter.queue.is_some() {
-            sql.push_str(" AND queue = ?");
-        }
-        if filter.state.is_some() {
-            sql.push_str(" AND state = ?");
-        }
-        if filter.cursor.is_some() {
-            sql.push_str(" AND id > ?");
-        }
-        sql.push_str(" ORDER BY id LIMIT ?");
+        let sql = sql::list(
+            filter.queue.is_some(),
+            filter.state.is_some(),
+            filter.cursor.is_some(),
+        );
         let mut query = sqlx::query(&sql);
         if let Some(queue) = &filter.queue {
             query = query.bind(queue.as_str());
@@ -568,15 +555,11 @@ impl Store for SqliteStore {
         until: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<(DateTime<Utc>, CallbackId)>> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT next_fire_at, id FROM callbacks \
-             WHERE next_fire_at IS NOT NULL AND next_fire_at <= ? \
-             ORDER BY next_fire_at, id LIMIT ?",
-        )
-        .bind(ms(until))
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(sql::FIRE_TIMES)
+            .bind(ms(until))
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
         rows.into_iter()
             .map(|(at, id)| Ok((from_ms(at)?, parse_id(&id)?)))
             .collect()
@@ -632,22 +615,18 @@ impl Store for SqliteStore {
     }
 
     async fn ready_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries \
-             WHERE state = 'pending' AND next_try_at <= ? ORDER BY next_try_at, id LIMIT ?"
-        ))
-        .bind(ms(now))
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = sqlx::query(&sql::ready_deliveries())
+            .bind(ms(now))
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(delivery_from_row).collect()
     }
 
     async fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>> {
-        let at: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(next_try_at) FROM deliveries WHERE state = 'pending'")
-                .fetch_one(&self.reader)
-                .await?;
+        let at: Option<i64> = sqlx::query_scalar(sql::NEXT_DELIVERY_AT)
+            .fetch_one(&self.reader)
+            .await?;
         at.map(from_ms).transpose()
     }
 
@@ -721,12 +700,10 @@ impl Store for SqliteStore {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-                let held = sqlx::query(
-                    "UPDATE deliveries SET state = 'disabled' WHERE url = ? AND state = 'pending'",
-                )
-                .bind(&url)
-                .execute(&mut *tx)
-                .await?;
+                let held = sqlx::query(sql::HOLD_URL)
+                    .bind(&url)
+                    .execute(&mut *tx)
+                    .await?;
                 warn!(held = held.rows_affected(), "Webhook endpoint answered 410 Gone; disabled it and held its pending deliveries.");
             }
         }
@@ -749,14 +726,7 @@ impl Store for SqliteStore {
         state: Option<DeliveryState>,
         limit: u32,
     ) -> Result<Vec<Delivery>> {
-        let filter = if state.is_some() {
-            "WHERE state = ?"
-        } else {
-            ""
-        };
-        // Ids are msg_<uuidv7>: descending id is newest first.
-        let sql =
-            format!("SELECT {DELIVERY_COLUMNS} FROM deliveries {filter} ORDER BY id DESC LIMIT ?");
+        let sql = sql::list_deliveries(state.is_some());
         let mut query = sqlx::query(&sql);
         if let Some(state) = state {
             query = query.bind(state.as_str());
@@ -801,6 +771,154 @@ impl Store for SqliteStore {
         self.settings.wakeups.deliveries_ready();
         Ok(Some(delivery))
     }
+}
+
+/// The queries on hot paths, named so the query-plan test checks the very text that runs.
+mod sql {
+    use super::{CALLBACK_COLUMNS, DELIVERY_COLUMNS, OPEN};
+
+    /// At most this many rows per multi-row statement, far below SQLite's bound-variable limit.
+    pub const CHUNK: usize = 200;
+
+    /// Fingerprints of already applied keys among `n` (source, id) pairs.
+    pub fn known_fingerprints(n: usize) -> String {
+        format!(
+            "WITH k (source, id) AS (VALUES {}) \
+             SELECT e.source, e.id, e.fingerprint FROM k \
+             CROSS JOIN inbound_events e ON e.source = k.source AND e.id = k.id",
+            placeholders(n, 2)
+        )
+    }
+
+    /// Which of `n` phones are opted out (binds: now, then the phones).
+    pub fn opted_out(n: usize) -> String {
+        format!(
+            "SELECT phone FROM opt_outs WHERE until > ? AND phone IN ({})",
+            vec!["?"; n].join(", ")
+        )
+    }
+
+    pub fn record_events(n: usize) -> String {
+        format!(
+            "INSERT INTO inbound_events (source, id, fingerprint, applied_at) VALUES {}",
+            placeholders(n, 4)
+        )
+    }
+
+    /// `(?, ?), (?, ?)` for `rows` rows of `columns` values.
+    fn placeholders(rows: usize, columns: usize) -> String {
+        let row = format!("({})", vec!["?"; columns].join(", "));
+        vec![row; rows].join(", ")
+    }
+    pub const FIRE_TIMES: &str = "SELECT next_fire_at, id FROM callbacks \
+         WHERE next_fire_at IS NOT NULL AND next_fire_at <= ? \
+         ORDER BY next_fire_at, id LIMIT ?";
+    pub const NEXT_DELIVERY_AT: &str =
+        "SELECT MIN(next_try_at) FROM deliveries WHERE state = 'pending'";
+    pub const HOLD_URL: &str =
+        "UPDATE deliveries SET state = 'disabled' WHERE url = ? AND state = 'pending'";
+
+    /// Open callbacks of a phone, in one queue when `by_queue` (binds: phone[, queue]).
+    pub fn open_for_phone(by_queue: bool) -> String {
+        let queue = if by_queue { " AND queue = ?" } else { "" };
+        format!("SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE phone = ?{queue} AND {OPEN}")
+    }
+
+    /// Binds, in order: queue, state, cursor (each when present), limit.
+    pub fn list(by_queue: bool, by_state: bool, after_cursor: bool) -> String {
+        let mut sql = format!("SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE 1 = 1");
+        if by_queue {
+            sql.push_str(" AND queue = ?");
+        }
+        if by_state {
+            sql.push_str(" AND state = ?");
+        }
+        if after_cursor {
+            sql.push_str(" AND id > ?");
+        }
+        sql.push_str(" ORDER BY id LIMIT ?");
+        sql
+    }
+
+    pub fn ready_deliveries() -> String {
+        format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries \
+             WHERE state = 'pending' AND next_try_at <= ? ORDER BY next_try_at, id LIMIT ?"
+        )
+    }
+
+    /// Newest first: ids are `msg_<uuidv7>`, so descending id is descending creation time.
+    pub fn list_deliveries(by_state: bool) -> String {
+        let filter = if by_state { "WHERE state = ?" } else { "" };
+        format!("SELECT {DELIVERY_COLUMNS} FROM deliveries {filter} ORDER BY id DESC LIMIT ?")
+    }
+}
+
+type EventKeyText = (String, String);
+
+async fn known_fingerprints(
+    conn: &mut SqliteConnection,
+    batch: &[Inbound],
+) -> Result<HashMap<EventKeyText, String>> {
+    let mut known = HashMap::new();
+    for chunk in batch.chunks(sql::CHUNK) {
+        let sql = sql::known_fingerprints(chunk.len());
+        let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+        for event in chunk {
+            query = query.bind(&event.key.source).bind(&event.key.id);
+        }
+        for (source, id, fingerprint) in query.fetch_all(&mut *conn).await? {
+            known.insert((source, id), fingerprint);
+        }
+    }
+    Ok(known)
+}
+
+/// The batch's requesting phones that are opted out at `now`.
+async fn opted_out_phones(
+    conn: &mut SqliteConnection,
+    batch: &[Inbound],
+    now: DateTime<Utc>,
+) -> Result<HashSet<String>> {
+    let phones: Vec<&str> = batch
+        .iter()
+        .filter_map(|event| match &event.command {
+            Command::Request(request) => Some(request.phone.as_str()),
+            _ => None,
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut opted_out = HashSet::new();
+    for chunk in phones.chunks(sql::CHUNK) {
+        let sql = sql::opted_out(chunk.len());
+        let mut query = sqlx::query_scalar::<_, String>(&sql).bind(ms(now));
+        for phone in chunk {
+            query = query.bind(*phone);
+        }
+        opted_out.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(opted_out)
+}
+
+async fn record_events(
+    conn: &mut SqliteConnection,
+    events: &[&Inbound],
+    now: DateTime<Utc>,
+) -> Result {
+    for chunk in events.chunks(sql::CHUNK) {
+        let sql = sql::record_events(chunk.len());
+        let mut query = sqlx::query(&sql);
+        for event in chunk {
+            query = query
+                .bind(&event.key.source)
+                .bind(&event.key.id)
+                .bind(&event.fingerprint)
+                .bind(ms(now));
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 fn rejected(reason: &'static str, detail: String) -> InboundOutcome {
@@ -1103,4 +1221,70 @@ fn delivery_from_row(row: &SqliteRow) -> Result<Delivery> {
         created_at: from_ms(row.try_get("created_at")?)?,
         delivered_at: opt_time(row.try_get("delivered_at")?)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every hot-path query must be answered from an index: no full table scan, no sort of the
+    /// whole result (tables grow to millions of rows).
+    #[tokio::test]
+    async fn hot_queries_use_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/plans.db", dir.path().display());
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::from_str(&url)
+                    .unwrap()
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+        MIGRATOR.run(&pool).await.unwrap();
+        let mut queries: Vec<String> = vec![
+            sql::known_fingerprints(3),
+            sql::opted_out(3),
+            sql::FIRE_TIMES.into(),
+            sql::NEXT_DELIVERY_AT.into(),
+            sql::HOLD_URL.into(),
+            sql::open_for_phone(false),
+            sql::open_for_phone(true),
+            sql::ready_deliveries(),
+            sql::list_deliveries(true),
+            format!("SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = ?"),
+            format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?"),
+        ];
+        for by_queue in [false, true] {
+            for by_state in [false, true] {
+                for cursor in [false, true] {
+                    queries.push(sql::list(by_queue, by_state, cursor));
+                }
+            }
+        }
+        for query in &queries {
+            let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+            let tables = [
+                "callbacks",
+                "deliveries",
+                "inbound_events",
+                "attempts",
+                "endpoints",
+                "opt_outs",
+            ];
+            // Scanning the batch's own VALUES rows is fine; scanning a table is not.
+            let bad = plan.iter().any(|step| {
+                let scans_table = tables.iter().any(|table| {
+                    step.starts_with(&format!("SCAN {table}")) && !step.contains("INDEX")
+                });
+                scans_table || step.contains("TEMP B-TREE")
+            });
+            assert!(!bad, "{query}\n  plan: {plan:?}");
+        }
+    }
 }
