@@ -1,8 +1,10 @@
 //! Webhooks out: what a notice becomes ([`outbox`]), how it is signed ([`signing`]) and the
-//! worker that delivers it with retries held in the store ([`deliver`]).
+//! worker that delivers it with retries held in the store ([`deliver`]). [`receiver`] is a small
+//! verifying endpoint for tests and the demo.
 
-mod deliver;
+pub mod deliver;
 pub mod outbox;
+pub mod receiver;
 pub mod signing;
 
 use chrono::{DateTime, Utc};
@@ -12,6 +14,7 @@ use crate::domain::lifecycle::Notice;
 use crate::domain::{CallbackId, QueueName};
 
 pub use deliver::Notifier;
+pub use receiver::{Answer, ReceivedWebhook, Receiver};
 
 crate::domain::string_enum! {
     /// Where a delivery stands.
