@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::domain::{Priority, QueueName};
+use crate::schedule::Range;
 
 /// Exit code for a configuration the worker refuses to start with (BSD `EX_USAGE`).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -29,6 +30,8 @@ pub struct Config {
     /// How long SIGTERM waits for in-flight work before giving up on it.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// When callees may be called, in their own local time.
+    pub calling_window: CallingWindowConfig,
     /// Queues by name.
     pub queues: BTreeMap<String, QueueConfig>,
 }
@@ -122,6 +125,73 @@ pub struct QueueConfig {
     pub retry_delays: Vec<Duration>,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// When agents work, in `timezone`; absent means always open. The SLA clock stops while
+    /// the queue is closed.
+    pub open_hours: Option<WeekConfig>,
+}
+
+/// Weekly local-time ranges (`"08:30-17:30"`; an end before the start runs past midnight):
+/// `every_day` first, then any named day replaces it (`sun = []` closes Sundays); `closed`
+/// lists dates (holidays) with no range at all.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeekConfig {
+    pub every_day: Option<Vec<String>>,
+    pub mon: Option<Vec<String>>,
+    pub tue: Option<Vec<String>>,
+    pub wed: Option<Vec<String>>,
+    pub thu: Option<Vec<String>>,
+    pub fri: Option<Vec<String>>,
+    pub sat: Option<Vec<String>>,
+    pub sun: Option<Vec<String>>,
+    #[serde(default)]
+    pub closed: Vec<chrono::NaiveDate>,
+}
+
+impl WeekConfig {
+    /// The ranges per weekday (Monday first), starting from `base` where this names nothing.
+    pub fn days(&self, base: &[Vec<Range>; 7]) -> Result<[Vec<Range>; 7], String> {
+        let parse = |list: &Vec<String>| {
+            list.iter()
+                .map(|r| Range::parse(r))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut days = base.clone();
+        if let Some(every) = &self.every_day {
+            let ranges = parse(every)?;
+            days = std::array::from_fn(|_| ranges.clone());
+        }
+        let named = [
+            &self.mon, &self.tue, &self.wed, &self.thu, &self.fri, &self.sat, &self.sun,
+        ];
+        for (day, list) in days.iter_mut().zip(named) {
+            if let Some(list) = list {
+                *day = parse(list)?;
+            }
+        }
+        Ok(days)
+    }
+}
+
+/// The callee's calling window: a default for everyone and overrides per country (ISO 3166
+/// code of the phone number, e.g. `DE`), each applied on top of the default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallingWindowConfig {
+    pub default: WeekConfig,
+    pub countries: BTreeMap<String, WeekConfig>,
+}
+
+impl Default for CallingWindowConfig {
+    fn default() -> Self {
+        Self {
+            default: WeekConfig {
+                every_day: Some(vec!["08:00-21:00".into()]),
+                ..WeekConfig::default()
+            },
+            countries: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +238,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
             intake: IntakeConfig::default(),
             drain_timeout: Duration::from_secs(20),
+            calling_window: CallingWindowConfig::default(),
             queues: BTreeMap::new(),
         }
     }
@@ -308,6 +379,28 @@ impl Config {
         if self.notify.max_tries == 0 {
             problems.push("notify.max_tries: must be at least 1".into());
         }
+        let no_days: [Vec<Range>; 7] = Default::default();
+        match self.calling_window.default.days(&no_days) {
+            Err(e) => problems.push(format!("calling_window.default: {e}")),
+            Ok(base) => {
+                if base.iter().all(Vec::is_empty) {
+                    problems.push("calling_window.default: callees could never be called".into());
+                }
+                for (country, week) in &self.calling_window.countries {
+                    let at = format!("calling_window.countries.{country}");
+                    if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
+                        problems.push(format!("{at}: use the two-letter ISO 3166 code, e.g. DE"));
+                    }
+                    match week.days(&base) {
+                        Ok(days) if days.iter().all(Vec::is_empty) => {
+                            problems.push(format!("{at}: callees could never be called"))
+                        }
+                        Ok(_) => {}
+                        Err(e) => problems.push(format!("{at}: {e}")),
+                    }
+                }
+            }
+        }
         if self.queues.is_empty() {
             problems.push("queues: at least one queue must be configured ([queues.<name>])".into());
         }
@@ -349,6 +442,15 @@ impl Config {
             }
             if queue.max_attempts == 0 {
                 problems.push(format!("{at}.max_attempts: must be at least 1"));
+            }
+            if let Some(hours) = &queue.open_hours {
+                match hours.days(&no_days) {
+                    Ok(days) if days.iter().all(Vec::is_empty) => {
+                        problems.push(format!("{at}.open_hours: the queue would never open"))
+                    }
+                    Ok(_) => {}
+                    Err(e) => problems.push(format!("{at}.open_hours: {e}")),
+                }
             }
             if queue.max_attempts > 1 && queue.retry_delays.is_empty() {
                 problems.push(format!("{at}.retry_delays: needed when max_attempts > 1"));
@@ -493,6 +595,36 @@ mod tests {
         ] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
+    }
+
+    #[test]
+    fn calendars_parse_and_bad_ranges_are_explained() {
+        let text = format!(
+            "{QUEUE}\n[queues.support.open_hours]\nevery_day = [\"08:30-17:30\"]\nsun = []\nclosed = [2026-12-25]\n\
+             [calling_window.countries.DE]\nsun = []\n[calling_window.countries.us]\nmon = [\"9-5\"]\n"
+        );
+        let err = Config::from_toml_with_env(&text, [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("calling_window.countries.us: use the two-letter"),
+            "{err}"
+        );
+        assert!(err.contains("'9' is not a time"), "{err}");
+        let ok = text.replace("[calling_window.countries.us]\nmon = [\"9-5\"]\n", "");
+        let config = Config::from_toml_with_env(&ok, []).unwrap();
+        let hours = config.queues["support"].open_hours.as_ref().unwrap();
+        let days = hours.days(&Default::default()).unwrap();
+        assert_eq!(days[0].len(), 1);
+        assert!(days[6].is_empty());
+        assert_eq!(hours.closed.len(), 1);
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let config =
+            Config::from_toml_with_env(include_str!("../deploy/callkeeper.toml"), []).unwrap();
+        assert!(config.queues.contains_key("support"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod intake;
+pub mod ivr;
 pub mod notify;
 pub mod schedule;
 pub mod store;

@@ -208,7 +208,7 @@ pub fn attempt(
         Outcome::Connected => close(callback, State::Completed, now),
         outcome if outcome.is_retryable() && callback.attempts < callback.max_attempts => {
             callback.state = State::Scheduled;
-            callback.due_at = policy.retry_at(callback.attempts, &callback.phone, now);
+            callback.due_at = policy.retry_at(callback, now);
         }
         outcome if outcome.is_retryable() => {
             close(callback, State::Failed, now);

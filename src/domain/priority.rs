@@ -11,6 +11,8 @@ string_enum! {
     }
 }
 
+// The enum is declared by a macro whose derive list is fixed, so Default is written out.
+#[allow(clippy::derivable_impls)]
 impl Default for Priority {
     fn default() -> Self {
         Priority::Normal

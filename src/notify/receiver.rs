@@ -28,6 +28,8 @@ use super::signing;
 pub struct ReceivedWebhook {
     /// The `webhook-id` header.
     pub webhook_id: String,
+    /// The request path (`/agents`, `/supervisors`), telling which endpoint was called.
+    pub path: String,
     /// The body's `type` (`callback.due`, …); empty when absent.
     pub notice_type: String,
     pub body: serde_json::Value,
@@ -186,7 +188,12 @@ impl Drop for Receiver {
     }
 }
 
-async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(
+    State(shared): State<Arc<Shared>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let header = |name: &str| {
         headers
             .get(name)
@@ -226,6 +233,7 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     // Reported on arrival, so a test sees tries the sender gave up waiting for.
     let _ = shared.received.send(ReceivedWebhook {
         webhook_id: webhook_id.to_owned(),
+        path: uri.path().to_owned(),
         notice_type: json["type"].as_str().unwrap_or_default().to_owned(),
         timestamp: header("webhook-timestamp")
             .trim()

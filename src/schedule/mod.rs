@@ -1,9 +1,13 @@
 //! When a callback is due, by when it must happen, and the one timer that fires it.
 
+mod calendar;
+mod country_zones;
 mod rules;
 mod timer;
 mod wakeups;
 
-pub use rules::{Plan, QueuePolicy, Rules};
+pub use calendar::{Calendar, Range};
+pub use country_zones::zone_of_country;
+pub use rules::{Callee, CallingWindows, Plan, QueuePolicy, Rules};
 pub use timer::Timer;
 pub use wakeups::{WakeupReceivers, Wakeups};

@@ -1,18 +1,23 @@
-//! The time rules, as pure functions of the queue's policy and `now`.
-//!
-//! Open hours and the callee's calling window are the seam for the calendar issue: today every
-//! queue is always open and every callee always reachable ([`QueuePolicy::next_callable`] and
-//! [`QueuePolicy::add_open_time`] are where the calendar will plug in).
+//! The time rules, as pure functions of the queue's policy and `now`: when a callback is due,
+//! by when it must happen, when to try again. A due time must fall inside both the queue's open
+//! hours (its own zone) and the callee's calling window (the callee's zone); the SLA clock only
+//! runs while the queue is open.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
 use rand::Rng;
 use secrecy::SecretString;
+use tracing::warn;
 
-use crate::config::{Config, QueueConfig};
-use crate::domain::{Phone, Priority, QueueName, Window};
+use super::calendar::{Calendar, Range};
+use super::country_zones::zone_of_country;
+use crate::config::{CallingWindowConfig, Config, QueueConfig, WeekConfig};
+use crate::domain::inbound::CallbackRequest;
+use crate::domain::{Callback, Customer, Phone, QueueName};
 
 /// Everything the rules need to know about one queue.
 #[derive(Debug, Clone)]
@@ -21,12 +26,14 @@ pub struct QueuePolicy {
     pub webhook_url: String,
     pub escalation_url: Option<String>,
     pub signing_secrets: Vec<SecretString>,
-    pub timezone: chrono_tz::Tz,
+    pub timezone: Tz,
     pub sla: crate::config::SlaTargets,
     pub at_risk_lead: Duration,
     pub initial_delay: Duration,
     pub retry_delays: Vec<Duration>,
     pub max_attempts: u32,
+    pub open_hours: Calendar,
+    pub calling_windows: Arc<CallingWindows>,
 }
 
 /// The times a new request gets.
@@ -36,39 +43,121 @@ pub struct Plan {
     pub deadline: DateTime<Utc>,
 }
 
+/// Where the callee is: their zone and their number's country.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Callee {
+    pub zone: Tz,
+    pub country: Option<String>,
+}
+
+/// Weekly ranges and closed dates, before a zone is known.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Week {
+    days: [Vec<Range>; 7],
+    closed: BTreeSet<NaiveDate>,
+}
+
+impl Week {
+    fn from_config(config: &WeekConfig, base: &Week) -> Self {
+        // Validated at start; a bad range cannot get here.
+        let days = config
+            .days(&base.days)
+            .unwrap_or_else(|_| base.days.clone());
+        let closed = base.closed.iter().chain(&config.closed).copied().collect();
+        Self { days, closed }
+    }
+
+    fn in_zone(&self, zone: Tz) -> Calendar {
+        Calendar::weekly(zone, self.days.clone(), self.closed.clone())
+    }
+}
+
+/// The callee calling windows: a default and per-country overrides.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallingWindows {
+    default: Week,
+    countries: HashMap<String, Week>,
+}
+
+impl CallingWindows {
+    fn from_config(config: &CallingWindowConfig) -> Self {
+        let default = Week::from_config(&config.default, &Week::default());
+        let countries = config
+            .countries
+            .iter()
+            .map(|(country, week)| (country.clone(), Week::from_config(week, &default)))
+            .collect();
+        Self { default, countries }
+    }
+
+    /// The window for this callee, in their own zone.
+    pub fn calendar(&self, callee: &Callee) -> Calendar {
+        let week = callee
+            .country
+            .as_ref()
+            .and_then(|c| self.countries.get(c))
+            .unwrap_or(&self.default);
+        week.in_zone(callee.zone)
+    }
+}
+
 impl QueuePolicy {
-    fn from_config(name: QueueName, config: &QueueConfig) -> Self {
+    fn from_config(
+        name: QueueName,
+        config: &QueueConfig,
+        calling_windows: Arc<CallingWindows>,
+    ) -> Self {
+        let timezone = config.timezone.parse().unwrap_or(chrono_tz::UTC);
+        let open_hours = config
+            .open_hours
+            .as_ref()
+            .map_or(Calendar::Always, |hours| {
+                Week::from_config(hours, &Week::default()).in_zone(timezone)
+            });
         Self {
             name,
             webhook_url: config.webhook_url.clone(),
             escalation_url: config.escalation_url.clone(),
             signing_secrets: config.signing_secrets.clone(),
-            timezone: config.timezone.parse().unwrap_or(chrono_tz::UTC),
+            timezone,
             sla: config.sla.clone(),
             at_risk_lead: config.at_risk_lead,
             initial_delay: config.initial_delay,
             retry_delays: config.retry_delays.clone(),
             max_attempts: config.max_attempts,
+            open_hours,
+            calling_windows,
         }
     }
 
+    /// The callee's zone: `customer.timezone`, else the zone of the number's country when it
+    /// has one, else the queue's.
+    pub fn callee(&self, phone: &Phone, customer: Option<&Customer>) -> Callee {
+        let country = phone.region();
+        let zone = customer
+            .and_then(|c| c.timezone.as_deref())
+            .and_then(|tz| tz.parse::<Tz>().ok())
+            .or_else(|| country.as_deref().and_then(zone_of_country))
+            .unwrap_or(self.timezone);
+        Callee { zone, country }
+    }
+
     /// Due time and deadline for a request made at `now`.
-    pub fn plan(
-        &self,
-        priority: Priority,
-        phone: &Phone,
-        window: Option<&Window>,
-        now: DateTime<Utc>,
-    ) -> Plan {
+    pub fn plan(&self, request: &CallbackRequest, now: DateTime<Utc>) -> Plan {
+        let callee = self.callee(&request.phone, request.customer.as_ref());
+        let window = request.window.as_ref();
         let asap = now + self.initial_delay;
         let wanted = window.map_or(asap, |w| w.not_before.max(asap));
-        let due_at = self.next_callable(wanted, phone);
+        let due_at = self.next_callable(wanted, &callee);
         let sla_start = window.map_or(now, |w| w.not_before.max(now));
-        // Never before the due time (an initial delay longer than the target), never after the
+        let target = self.sla.for_priority(request.priority);
+        let counted = self
+            .open_hours
+            .add_open_time(sla_start, target)
+            .unwrap_or(sla_start + target);
+        // Never before the due time (a long initial delay, a callee asleep), never after the
         // caller's window closes.
-        let mut deadline = self
-            .add_open_time(sla_start, self.sla.for_priority(priority))
-            .max(due_at);
+        let mut deadline = counted.max(due_at);
         if let Some(w) = window {
             deadline = deadline.min(w.not_after);
         }
@@ -80,25 +169,38 @@ impl QueuePolicy {
         deadline - self.at_risk_lead
     }
 
-    /// When to call again after retryable attempt number `attempts` (1-based), with ±10 %
-    /// jitter so a wave of no-answers does not come back as one wave.
-    pub fn retry_at(&self, attempts: u32, phone: &Phone, now: DateTime<Utc>) -> DateTime<Utc> {
-        let index = (attempts.max(1) as usize - 1).min(self.retry_delays.len().saturating_sub(1));
+    /// When to call again after a retryable attempt: the delay for this attempt (the last one
+    /// repeats) with ±10 % jitter, so a wave of no-answers does not return as one wave, then
+    /// moved into both windows.
+    pub fn retry_at(&self, callback: &Callback, now: DateTime<Utc>) -> DateTime<Utc> {
+        let index =
+            (callback.attempts.max(1) as usize - 1).min(self.retry_delays.len().saturating_sub(1));
         let base = self.retry_delays.get(index).copied().unwrap_or_default();
-        let jitter = rand::rng().random_range(0.9..=1.1);
-        self.next_callable(now + base.mul_f64(jitter), phone)
+        let delay = base.mul_f64(rand::rng().random_range(0.9..=1.1));
+        let callee = self.callee(&callback.phone, callback.customer.as_ref());
+        self.next_callable(now + delay, &callee)
     }
 
     /// The first moment at or after `at` when the queue is open and the callee may be called.
-    /// Calendar seam: always open for now.
-    pub fn next_callable(&self, at: DateTime<Utc>, _phone: &Phone) -> DateTime<Utc> {
-        at
-    }
-
-    /// `start` plus `span` of open-hours time (the SLA clock stops while the queue is closed).
-    /// Calendar seam: always open for now.
-    pub fn add_open_time(&self, start: DateTime<Utc>, span: Duration) -> DateTime<Utc> {
-        start + span
+    pub fn next_callable(&self, at: DateTime<Utc>, callee: &Callee) -> DateTime<Utc> {
+        let window = self.calling_windows.calendar(callee);
+        let mut t = at;
+        // Alternate until both agree; each step only moves forward, and config validation
+        // guarantees both calendars open, so this settles within a few rounds.
+        for _ in 0..64 {
+            let Some(open) = self.open_hours.next_open(t) else {
+                break;
+            };
+            let Some(callable) = window.next_open(open) else {
+                break;
+            };
+            if callable == open {
+                return open;
+            }
+            t = callable;
+        }
+        warn!(queue = %self.name, "Open hours and calling window never overlap; using the earliest time.");
+        t
     }
 }
 
@@ -111,12 +213,16 @@ pub struct Rules {
 impl Rules {
     /// Builds from a validated configuration.
     pub fn from_config(config: &Config) -> Self {
+        let windows = Arc::new(CallingWindows::from_config(&config.calling_window));
         let queues = config
             .queues
             .iter()
             .filter_map(|(name, queue)| {
                 let name = QueueName::parse(name).ok()?;
-                Some((name.clone(), QueuePolicy::from_config(name, queue)))
+                Some((
+                    name.clone(),
+                    QueuePolicy::from_config(name, queue, windows.clone()),
+                ))
             })
             .collect();
         Self { queues }
