@@ -5,22 +5,29 @@
 use std::time::Duration;
 
 use base64::Engine as _;
+use std::sync::Arc;
+
 use callkeeper::clock::SystemClock;
 use callkeeper::config::{Config, NotifyConfig};
+use callkeeper::domain::inbound::{CallbackRequest, Command, EventKey, Inbound, InboundOutcome};
 use callkeeper::domain::lifecycle::Notice;
-use callkeeper::domain::{CallbackId, QueueName};
+use callkeeper::domain::{CallbackId, Phone, Priority, QueueName};
 use callkeeper::notify::deliver::{self, try_delivery, Reply};
 use callkeeper::notify::signing::{self, VerifyError, DEFAULT_TOLERANCE};
-use callkeeper::notify::{Answer, Delivery, DeliveryState, ReceivedWebhook, Receiver};
-use callkeeper::schedule::Rules;
-use callkeeper::store::TryResult;
+use callkeeper::notify::{Answer, Delivery, DeliveryState, Notifier, ReceivedWebhook, Receiver};
+use callkeeper::schedule::{Rules, Wakeups};
+use callkeeper::store::{SharedStore, StoreSettings, TryResult};
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use rand::RngCore as _;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::json;
+use tempfile::TempDir;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// A fresh `whsec_` secret of 32 random bytes.
 fn new_secret() -> SecretString {
@@ -30,17 +37,23 @@ fn new_secret() -> SecretString {
     SecretString::from(format!("whsec_{b64}"))
 }
 
-/// A validated configuration with one queue `support` sending to `url`, and quick retries;
-/// `overrides` are `notify` keys as environment overrides (`("timeout", "300ms")`).
-fn config(
-    url: &str,
-    escalation_url: Option<&str>,
-    secret: &SecretString,
-    overrides: &[(&str, &str)],
-) -> Config {
-    let escalation = escalation_url
-        .map(|url| format!("escalation_url = \"{url}\""))
-        .unwrap_or_default();
+/// A `[queues.<name>]` table sending to `url`, signed with `secret`.
+fn queue_toml(name: &str, url: &str, secret: &SecretString) -> String {
+    format!(
+        r#"
+        [queues.{name}]
+        webhook_url = "{url}"
+        signing_secrets = ["{secret}"]
+        sla = {{ normal = "4h", high = "1h", urgent = "15m" }}
+        "#,
+        secret = secret.expose_secret(),
+    )
+}
+
+/// A validated configuration with `queues`, quick retries and callees callable around the
+/// clock (tests run at any hour); `overrides` are `notify` keys set through the environment
+/// (`("timeout", "300ms")`).
+fn config(queues: &str, overrides: &[(&str, &str)]) -> Config {
     let text = format!(
         r#"
         [notify]
@@ -49,13 +62,10 @@ fn config(
         retry_max = "200ms"
         max_tries = 4
 
-        [queues.support]
-        webhook_url = "{url}"
-        {escalation}
-        signing_secrets = ["{secret}"]
-        sla = {{ normal = "4h", high = "1h", urgent = "15m" }}
-        "#,
-        secret = secret.expose_secret(),
+        [calling_window.default]
+        every_day = ["00:00-24:00"]
+        {queues}
+        "#
     );
     let env = overrides.iter().map(|(key, value)| {
         (
@@ -105,7 +115,7 @@ impl Endpoint {
     async fn start(overrides: &[(&str, &str)]) -> Self {
         let secret = new_secret();
         let (receiver, received) = Receiver::start(vec![secret.clone()]).await.unwrap();
-        let config = config(&receiver.url(), None, &secret, overrides);
+        let config = config(&queue_toml("support", &receiver.url(), &secret), overrides);
         let client = deliver::http_client(&config.notify).unwrap();
         Self {
             rules: Rules::from_config(&config),
@@ -485,4 +495,327 @@ fn classification_follows_the_contract() {
         Some(Duration::ZERO)
     );
     assert_eq!(deliver::parse_retry_after("soon"), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker end to end, over a real SQLite store
+
+/// Generous bound for anything the tests wait for; conditions are polled, never slept on.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A store in its own temp folder, with the notifier's wakeup wired as in the app.
+struct World {
+    store: SharedStore,
+    rules: Arc<Rules>,
+    notify: NotifyConfig,
+    wake: Arc<Notify>,
+    _dir: TempDir,
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        let ended = tokio::time::timeout(PATIENCE, self.task).await;
+        ended
+            .expect("the notifier stops within its drain bound")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl World {
+    async fn new(queues: &str, overrides: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(queues, overrides);
+        let rules = Arc::new(Rules::from_config(&config));
+        let (wakeups, receivers) = Wakeups::new();
+        let settings = StoreSettings {
+            rules: rules.clone(),
+            public_url: config.http.public_url.clone(),
+            opt_out_period: config.intake.opt_out_period,
+            wakeups,
+        };
+        let url = format!("sqlite://{}/callkeeper.db", dir.path().display());
+        let store = callkeeper::store::open(&url, settings).await.unwrap();
+        Self {
+            store,
+            rules,
+            notify: config.notify,
+            wake: receivers.deliveries,
+            _dir: dir,
+        }
+    }
+
+    fn start_notifier(&self) -> Running {
+        let notifier = Notifier::new(
+            self.store.clone(),
+            self.rules.clone(),
+            self.notify.clone(),
+            Arc::new(SystemClock),
+            self.wake.clone(),
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(notifier.run(stop.clone()));
+        Running { stop, task }
+    }
+
+    /// Requests a callback for `phone` in `queue` the way intake does, and lets the timer step
+    /// make it due: one `callback.due` delivery. Returns that delivery's id.
+    async fn due_callback(&self, queue: &str, phone: &str) -> String {
+        let request = CallbackRequest {
+            queue: QueueName::parse(queue).unwrap(),
+            phone: Phone::parse(phone).unwrap(),
+            priority: Priority::Normal,
+            window: None,
+            customer: None,
+            agent_id: None,
+            context: Some(json!({ "reason": "invoice" })),
+            call: None,
+        };
+        let event = Inbound {
+            key: EventKey {
+                source: "/ivr/test".into(),
+                id: uuid::Uuid::now_v7().to_string(),
+            },
+            fingerprint: uuid::Uuid::now_v7().to_string(),
+            command: Command::Request(request),
+        };
+        let outcomes = self
+            .store
+            .apply_inbound(&[event], Utc::now())
+            .await
+            .unwrap();
+        let [InboundOutcome::Created(callback_id)] = outcomes[..] else {
+            panic!("expected a new callback, got {outcomes:?}")
+        };
+        let advanced = self.store.advance(callback_id, Utc::now()).await.unwrap();
+        assert_eq!(advanced.deliveries, 1, "the callback is due at once");
+        let deliveries = self.store.list_deliveries(None, 1000).await.unwrap();
+        deliveries
+            .into_iter()
+            .find(|d| d.callback_id == callback_id)
+            .expect("the due delivery is stored")
+            .id
+    }
+
+    /// Waits until the stored delivery satisfies `done`, and returns it.
+    async fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Delivery) -> bool) -> Delivery {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let delivery = self.store.get_delivery(id).await.unwrap().unwrap();
+            if done(&delivery) {
+                return delivery;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gave up waiting until {what}: {delivery:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The next webhook the receiver verified, waiting up to [`PATIENCE`].
+async fn next_webhook(received: &mut UnboundedReceiver<ReceivedWebhook>) -> ReceivedWebhook {
+    tokio::time::timeout(PATIENCE, received.recv())
+        .await
+        .expect("a webhook arrives in time")
+        .expect("the receiver is running")
+}
+
+#[tokio::test]
+async fn the_worker_delivers_stored_notices_and_records_each_try() {
+    let secret = new_secret();
+    let (receiver, mut received) = Receiver::start(vec![secret.clone()]).await.unwrap();
+    receiver.respond_next([500]);
+    let world = World::new(&queue_toml("support", &receiver.url(), &secret), &[]).await;
+    let id = world.due_callback("support", "+31612345601").await;
+    let notifier = world.start_notifier();
+
+    let first = next_webhook(&mut received).await;
+    let second = next_webhook(&mut received).await;
+    assert_eq!((first.answered, second.answered), (500, 204));
+    assert_eq!(first.webhook_id, id);
+    assert_eq!(second.webhook_id, id, "a retry carries the same webhook-id");
+    assert_eq!(second.notice_type, "callback.due");
+    assert_eq!(second.body["data"]["phone"], "+31612345601");
+    assert_eq!(second.body, first.body, "every try sends the same bytes");
+
+    let delivery = world
+        .wait_for(&id, "delivered", |d| d.state == DeliveryState::Delivered)
+        .await;
+    assert_eq!(delivery.tries, 2);
+    assert_eq!(delivery.last_status, Some(204));
+    assert!(delivery.delivered_at.is_some());
+    assert_eq!(receiver.rejected(), 0);
+    notifier.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_mid_retry_still_delivers_under_the_same_id() {
+    let secret = new_secret();
+    let (receiver, mut received) = Receiver::start(vec![secret.clone()]).await.unwrap();
+    // Retry-After makes the retry time certain: long enough to restart in between.
+    receiver.respond_next([Answer::too_many("2")]);
+    let world = World::new(&queue_toml("support", &receiver.url(), &secret), &[]).await;
+    let id = world.due_callback("support", "+31612345602").await;
+
+    let first_run = world.start_notifier();
+    let first = next_webhook(&mut received).await;
+    world
+        .wait_for(&id, "the first try is recorded", |d| d.tries == 1)
+        .await;
+    first_run.stop().await;
+    let pending = world.store.get_delivery(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (pending.state, pending.tries),
+        (DeliveryState::Pending, 1),
+        "stopped before the retry"
+    );
+    assert!(pending.next_try_at > Utc::now() - chrono::Duration::seconds(1));
+
+    let second_run = world.start_notifier();
+    let second = next_webhook(&mut received).await;
+    assert_eq!(first.webhook_id, id);
+    assert_eq!(second.webhook_id, id);
+    assert!(
+        second.timestamp >= first.timestamp,
+        "each try is signed when sent"
+    );
+    let delivery = world
+        .wait_for(&id, "delivered", |d| d.state == DeliveryState::Delivered)
+        .await;
+    assert_eq!(delivery.tries, 2);
+    second_run.stop().await;
+}
+
+#[tokio::test]
+async fn a_delivery_that_gives_up_is_kept_and_can_be_replayed() {
+    let secret = new_secret();
+    let (receiver, mut received) = Receiver::start(vec![secret.clone()]).await.unwrap();
+    receiver.respond_next([503, 503]);
+    let world = World::new(
+        &queue_toml("support", &receiver.url(), &secret),
+        &[("max_tries", "2")],
+    )
+    .await;
+    let id = world.due_callback("support", "+31612345603").await;
+    let notifier = world.start_notifier();
+
+    let failed = world
+        .wait_for(&id, "given up", |d| d.state == DeliveryState::Failed)
+        .await;
+    assert_eq!(failed.tries, 2);
+    assert_eq!(failed.last_status, Some(503));
+    assert_eq!(
+        failed.last_error.as_deref(),
+        Some("HTTP 503 Service Unavailable")
+    );
+    for _ in 0..2 {
+        assert_eq!(next_webhook(&mut received).await.answered, 503);
+    }
+
+    // Replay wakes the running notifier through the store; the endpoint now answers 204.
+    world
+        .store
+        .replay_delivery(&id, Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    let replayed = next_webhook(&mut received).await;
+    assert_eq!(replayed.webhook_id, id);
+    assert_eq!(replayed.answered, 204);
+    world
+        .wait_for(&id, "delivered", |d| d.state == DeliveryState::Delivered)
+        .await;
+    notifier.stop().await;
+}
+
+#[tokio::test]
+async fn gone_holds_the_endpoint_until_a_replay() {
+    let secret = new_secret();
+    let (receiver, mut received) = Receiver::start(vec![secret.clone()]).await.unwrap();
+    receiver.respond_next([410]);
+    let world = World::new(&queue_toml("support", &receiver.url(), &secret), &[]).await;
+    let id = world.due_callback("support", "+31612345604").await;
+    let notifier = world.start_notifier();
+
+    world
+        .wait_for(&id, "disabled", |d| d.state == DeliveryState::Disabled)
+        .await;
+    assert_eq!(next_webhook(&mut received).await.answered, 410);
+
+    world
+        .store
+        .replay_delivery(&id, Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next_webhook(&mut received).await.answered, 204);
+    world
+        .wait_for(&id, "delivered", |d| d.state == DeliveryState::Delivered)
+        .await;
+    notifier.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_does_not_hold_back_a_fast_one() {
+    let secret = new_secret();
+    let (slow, mut slow_received) = Receiver::start(vec![secret.clone()]).await.unwrap();
+    let (fast, mut fast_received) = Receiver::start(vec![secret.clone()]).await.unwrap();
+    // Each slow answer takes 3 s, so the slow endpoint alone would need 9 s for its three.
+    slow.set_delay(Duration::from_secs(3));
+    let queues =
+        queue_toml("slow", &slow.url(), &secret) + &queue_toml("fast", &fast.url(), &secret);
+    let world = World::new(
+        &queues,
+        &[
+            ("timeout", "5s"),
+            ("max_in_flight", "2"),
+            ("max_in_flight_per_endpoint", "1"),
+        ],
+    )
+    .await;
+    // The slow endpoint's deliveries are older, so they come first in the store's order.
+    let mut slow_ids = Vec::new();
+    for n in 0..3 {
+        slow_ids.push(world.due_callback("slow", &format!("+3161234561{n}")).await);
+    }
+    let mut fast_ids = Vec::new();
+    for n in 0..3 {
+        fast_ids.push(world.due_callback("fast", &format!("+3161234562{n}")).await);
+    }
+    let notifier = world.start_notifier();
+
+    // All fast deliveries arrive while the slow endpoint is still on its first request.
+    let mut fast_seen = Vec::new();
+    for _ in 0..3 {
+        fast_seen.push(next_webhook(&mut fast_received).await.webhook_id);
+    }
+    let slow_so_far = std::iter::from_fn(|| slow_received.try_recv().ok()).count();
+    assert_eq!(
+        slow_so_far, 1,
+        "one slow request at a time, the first still running"
+    );
+    fast_seen.sort();
+    fast_ids.sort();
+    assert_eq!(fast_seen, fast_ids);
+
+    for id in &fast_ids {
+        world
+            .wait_for(id, "delivered", |d| d.state == DeliveryState::Delivered)
+            .await;
+    }
+    let first_slow = world
+        .wait_for(&slow_ids[0], "delivered", |d| {
+            d.state == DeliveryState::Delivered
+        })
+        .await;
+    assert_eq!(first_slow.tries, 1);
+    notifier.stop().await;
 }
