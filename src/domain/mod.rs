@@ -8,6 +8,7 @@ mod ids;
 pub mod lifecycle;
 mod phone;
 mod priority;
+pub mod sla;
 
 pub use callback::{
     Attempt, CallInfo, Callback, CancelReason, Customer, Outcome, SlaStatus, State, Window,

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::inbound::{AttemptReport, Inbound, InboundOutcome};
 use crate::domain::lifecycle::LifecycleError;
+use crate::domain::sla::SlaRow;
 use crate::domain::{Attempt, Callback, CallbackId, CancelReason, QueueName, State};
 use crate::notify::{Delivery, DeliveryState};
 use crate::schedule::{Rules, Wakeups};
@@ -81,6 +82,17 @@ pub enum TryResult {
     Gone,
 }
 
+/// Figures for the gauges ops watch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Callbacks per queue and state.
+    pub by_state: Vec<(QueueName, State, u64)>,
+    /// When the oldest open callback of each queue was requested.
+    pub oldest_open: Vec<(QueueName, DateTime<Utc>)>,
+    /// Open callbacks per queue that were warned at-risk and have no attempt yet.
+    pub at_risk: Vec<(QueueName, u64)>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Runs migrations; idempotent.
@@ -137,6 +149,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Delivery>>;
     /// Makes a given-up or held delivery pending again (and re-enables its endpoint).
     async fn replay_delivery(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Delivery>>;
+
+    /// Counts for the metrics gauges.
+    async fn stats(&self) -> Result<Stats>;
+    /// The callbacks requested in `[from, to)`, in one queue or all, for the SLA report.
+    async fn sla_rows(
+        &self,
+        queue: Option<&QueueName>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<SlaRow>>;
 }
 
 pub type SharedStore = Arc<dyn Store>;

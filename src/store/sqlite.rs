@@ -771,6 +771,62 @@ impl Store for SqliteStore {
         self.settings.wakeups.deliveries_ready();
         Ok(Some(delivery))
     }
+
+    async fn stats(&self) -> Result<Stats> {
+        let mut stats = Stats::default();
+        let rows = sqlx::query("SELECT queue, state, count(*) AS n FROM callbacks GROUP BY queue, state")
+            .fetch_all(&self.reader)
+            .await?;
+        for row in rows {
+            let queue = parse_queue(row.get("queue"))?;
+            let state = parse_word("state", row.get("state"), State::parse)?;
+            stats.by_state.push((queue, state, row.get::<i64, _>("n") as u64));
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT queue, min(requested_at) AS oldest FROM callbacks WHERE {OPEN} GROUP BY queue"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        for row in rows {
+            stats.oldest_open.push((parse_queue(row.get("queue"))?, from_ms(row.get("oldest"))?));
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT queue, count(*) AS n FROM callbacks WHERE {OPEN} AND at_risk_notified = 1 \
+             AND sla = 'pending' AND first_attempt_at IS NULL GROUP BY queue"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        for row in rows {
+            stats.at_risk.push((parse_queue(row.get("queue"))?, row.get::<i64, _>("n") as u64));
+        }
+        Ok(stats)
+    }
+
+    async fn sla_rows(
+        &self,
+        queue: Option<&QueueName>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<SlaRow>> {
+        let rows = sqlx::query(sql::sla_rows(queue.is_some()))
+            .bind(queue.map(QueueName::as_str))
+            .bind(ms(from))
+            .bind(ms(to))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SlaRow {
+                    requests: row.get::<i64, _>("requests") as u32,
+                    sla: parse_word("sla", row.get("sla"), SlaStatus::parse)?,
+                    requested_at: from_ms(row.get("requested_at"))?,
+                    deadline: from_ms(row.get("deadline"))?,
+                    first_attempt_at: opt_time(row.get("first_attempt_at"))?,
+                    attempts: row.get::<i64, _>("attempts") as u32,
+                })
+            })
+            .collect()
+    }
 }
 
 /// The queries on hot paths, named so the query-plan test checks the very text that runs.
@@ -848,6 +904,17 @@ mod sql {
     }
 
     /// Newest first: ids are `msg_<uuidv7>`, so descending id is descending creation time.
+    /// `?1` is the queue (ignored when `by_queue` is false), `?2`/`?3` the period.
+    pub fn sla_rows(by_queue: bool) -> &'static str {
+        if by_queue {
+            "SELECT requests, sla, requested_at, deadline, first_attempt_at, attempts FROM callbacks \
+             WHERE queue = ?1 AND requested_at >= ?2 AND requested_at < ?3"
+        } else {
+            "SELECT requests, sla, requested_at, deadline, first_attempt_at, attempts FROM callbacks \
+             WHERE ?1 IS NULL AND requested_at >= ?2 AND requested_at < ?3"
+        }
+    }
+
     pub fn list_deliveries(by_state: bool) -> String {
         let filter = if by_state { "WHERE state = ?" } else { "" };
         format!("SELECT {DELIVERY_COLUMNS} FROM deliveries {filter} ORDER BY id DESC LIMIT ?")
@@ -1253,6 +1320,8 @@ mod tests {
             sql::open_for_phone(true),
             sql::ready_deliveries(),
             sql::list_deliveries(true),
+            sql::sla_rows(true).into(),
+            sql::sla_rows(false).into(),
             format!("SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = ?"),
             format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?"),
         ];
