@@ -16,10 +16,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber; `RUST_LOG` overrides the default `info` level.
+/// Installs the global tracing subscriber; `RUST_LOG` overrides `default_level`.
 /// Safe to call more than once (later calls are ignored), which tests rely on.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = fmt().with_env_filter(filter).with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -48,6 +48,10 @@ impl Phone {
 
 /// Masks anything phone-like so at most the first five and the last two characters show.
 /// Used for raw input too, before it is known to be a valid number.
+///
+/// ```
+/// assert_eq!(callkeeper::domain::mask_phone("+31612345678"), "+3161*****78");
+/// ```
 pub fn mask_phone(raw: &str) -> String {
     let chars: Vec<char> = raw.chars().collect();
     if chars.len() <= 7 {
