@@ -52,7 +52,7 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        callkeeper::telemetry::init_logging(callkeeper::telemetry::LogFormat::Text);
+        callkeeper::telemetry::init_logging(callkeeper::telemetry::LogFormat::Text, "info");
         callkeeper::telemetry::metrics_handle();
         let suffix = uuid::Uuid::now_v7().simple().to_string();
         let amqp = AmqpConfig {
