@@ -51,6 +51,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
     let api_tokens = Arc::new(api_tokens(&config)?);
     let health: SharedHealth = Arc::new(Health::default());
     let metrics = telemetry::metrics_handle();
+    telemetry::describe_metrics();
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
@@ -104,6 +105,10 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
     );
     let token = shutdown.child_token();
     tasks.spawn(async move { ("notify", notifier.run(token).await) });
+
+    let token = shutdown.child_token();
+    let gauges = telemetry::refresh_store_gauges(store.clone(), rules.clone(), clock.clone(), token);
+    tasks.spawn(async move { ("gauges", gauges.await) });
 
     // The Prometheus exporter needs its upkeep to keep histograms bounded.
     let token = shutdown.child_token();

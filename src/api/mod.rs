@@ -10,6 +10,7 @@ mod deliveries;
 pub mod error;
 mod extract;
 mod health;
+mod sla;
 
 use std::sync::Arc;
 
@@ -65,6 +66,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/deliveries", get(deliveries::list))
         .route("/v1/deliveries/{id}", get(deliveries::get))
         .route("/v1/deliveries/{id}/replay", post(deliveries::replay))
+        .route("/v1/sla", get(sla::report))
         // A route layer, so an unknown `/v1/...` path is a plain 404 rather than a 401.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
