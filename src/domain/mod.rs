@@ -10,7 +10,8 @@ mod phone;
 mod priority;
 
 pub use callback::{
-    Attempt, CallInfo, Callback, CancelReason, Customer, Outcome, SlaStatus, State, Window,
+    Attempt, CallInfo, Callback, CancelReason, Customer, OfferedTo, Outcome, SlaStatus, State,
+    Window,
 };
 pub use ids::{CallbackId, QueueName};
 pub use phone::{mask_phone, Phone, PhoneError};
