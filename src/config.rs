@@ -673,6 +673,48 @@ mod tests {
     }
 
     #[test]
+    fn retry_rules_parse_default_and_are_checked() {
+        let config = Config::from_toml_with_env(QUEUE, []).unwrap();
+        let queue = &config.queues["support"];
+        assert_eq!(queue.retry_limits, RetryLimits::default());
+        assert_eq!(queue.max_attempts_per_phone_per_day, None);
+        assert_eq!(queue.personal_fallback, Duration::from_secs(600));
+
+        let text = format!(
+            "{QUEUE}retry_limits = {{ no_answer = 3, busy = 5 }}\n\
+             max_attempts_per_phone_per_day = 4\npersonal_fallback = \"2m\"\n"
+        );
+        let config = Config::from_toml_with_env(&text, []).unwrap();
+        let queue = &config.queues["support"];
+        assert_eq!(queue.retry_limits.for_outcome(Outcome::NoAnswer), Some(3));
+        assert_eq!(queue.retry_limits.for_outcome(Outcome::Busy), Some(5));
+        assert_eq!(queue.retry_limits.for_outcome(Outcome::Voicemail), None);
+        assert_eq!(queue.retry_limits.for_outcome(Outcome::Declined), None);
+        assert_eq!(queue.max_attempts_per_phone_per_day, Some(4));
+        assert_eq!(queue.personal_fallback, Duration::from_secs(120));
+
+        let text = format!(
+            "{QUEUE}retry_limits = {{ voicemail = 0 }}\nmax_attempts_per_phone_per_day = 0\n"
+        );
+        let err = Config::from_toml_with_env(&text, [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("retry_limits.voicemail: must be at least 1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("max_attempts_per_phone_per_day: must be at least 1"),
+            "{err}"
+        );
+        let text = format!("{QUEUE}retry_limits = {{ hang_up = 1 }}\n");
+        let err = Config::from_toml_with_env(&text, [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hang_up"), "{err}");
+    }
+
+    #[test]
     fn the_shipped_example_config_is_valid() {
         let config =
             Config::from_toml_with_env(include_str!("../deploy/callkeeper.toml"), []).unwrap();
