@@ -340,3 +340,22 @@ fn a_duplicate_whose_window_had_closed_moves_no_time() {
     assert_eq!(lifecycle::advance(&mut cb, policy, now), vec![Notice::Due]);
     assert_eq!(cb.sla, SlaStatus::Pending);
 }
+
+#[test]
+fn a_duplicate_naming_an_agent_after_the_due_sends_no_second_due() {
+    let rules = rules("personal_fallback = \"10m\"");
+    let policy = policy(&rules);
+    let mut cb = create(policy, &request(None, None), t0());
+    assert_eq!(lifecycle::advance(&mut cb, policy, t0()), vec![Notice::Due]);
+    let named = request(Some("agent-7"), None);
+    let now = t0() + mins(20);
+    lifecycle::merge(&mut cb, &named, policy.plan(&named, now), now);
+    assert_eq!(cb.agent_id.as_deref(), Some("agent-7"));
+    assert_eq!(cb.offered_to(), OfferedTo::Queue);
+    assert_eq!(lifecycle::advance(&mut cb, policy, now), vec![]);
+
+    // Named before it was due: a personal callback like any other.
+    let mut cb = create(policy, &request(None, None), t0() + mins(5));
+    lifecycle::merge(&mut cb, &named, policy.plan(&named, t0()), t0());
+    assert_eq!(cb.offered_to(), OfferedTo::Agent);
+}

@@ -95,8 +95,12 @@ pub fn merge(callback: &mut Callback, request: &CallbackRequest, plan: Plan, now
     if request.call.is_some() {
         callback.call = request.call.clone();
     }
-    if callback.agent_id.is_none() {
+    if callback.agent_id.is_none() && request.agent_id.is_some() {
         callback.agent_id = request.agent_id.clone();
+        // Already offered to the whole queue: naming an agent now must not send a second due.
+        if callback.state != State::Scheduled {
+            callback.offered_to_queue_at = Some(now);
+        }
     }
     if request.window.is_some_and(|w| w.not_after <= now) {
         return;
