@@ -107,7 +107,8 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
     tasks.spawn(async move { ("notify", notifier.run(token).await) });
 
     let token = shutdown.child_token();
-    let gauges = telemetry::refresh_store_gauges(store.clone(), rules.clone(), clock.clone(), token);
+    let gauges =
+        telemetry::refresh_store_gauges(store.clone(), rules.clone(), clock.clone(), token);
     tasks.spawn(async move { ("gauges", gauges.await) });
 
     // The Prometheus exporter needs its upkeep to keep histograms bounded.

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::domain::{Priority, QueueName};
+use crate::domain::{Outcome, Priority, QueueName};
 use crate::schedule::Range;
 
 /// Exit code for a configuration the worker refuses to start with (BSD `EX_USAGE`).
@@ -123,11 +123,45 @@ pub struct QueueConfig {
     /// Delay before retry n (the last repeats), after `no_answer`, `busy` or `voicemail`.
     #[serde(default = "default_retry_delays", deserialize_with = "durations")]
     pub retry_delays: Vec<Duration>,
+    /// Attempts in total; after the last one the callback is `failed` + `callback.exhausted`.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Attempts allowed per retryable outcome (each optional; absent = only `max_attempts`).
+    #[serde(default)]
+    pub retry_limits: RetryLimits,
+    /// Attempts to one phone number (over all its callbacks, in every queue) in any 24 hours;
+    /// a retry that would exceed it waits until the oldest of them is 24 hours old.
+    #[serde(default)]
+    pub max_attempts_per_phone_per_day: Option<u32>,
+    /// How long a personal callback (`agent_id` set) is offered to that agent alone before it
+    /// is offered to the whole queue; counted in open hours.
+    #[serde(default = "default_personal_fallback", with = "humantime_serde")]
+    pub personal_fallback: Duration,
     /// When agents work, in `timezone`; absent means always open. The SLA clock stops while
     /// the queue is closed.
     pub open_hours: Option<WeekConfig>,
+}
+
+/// Attempts allowed per retryable outcome: after the `no_answer`-th no-answer (and so on) the
+/// callback is `failed` + `callback.exhausted`, whatever `max_attempts` still allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryLimits {
+    pub no_answer: Option<u32>,
+    pub busy: Option<u32>,
+    pub voicemail: Option<u32>,
+}
+
+impl RetryLimits {
+    /// The limit for `outcome`, if it has one (only retryable outcomes do).
+    pub fn for_outcome(&self, outcome: Outcome) -> Option<u32> {
+        match outcome {
+            Outcome::NoAnswer => self.no_answer,
+            Outcome::Busy => self.busy,
+            Outcome::Voicemail => self.voicemail,
+            _ => None,
+        }
+    }
 }
 
 /// Weekly local-time ranges (`"08:30-17:30"`; an end before the start runs past midnight):
@@ -226,6 +260,9 @@ fn default_retry_delays() -> Vec<Duration> {
 }
 fn default_max_attempts() -> u32 {
     3
+}
+fn default_personal_fallback() -> Duration {
+    Duration::from_secs(10 * 60)
 }
 
 impl Default for Config {
@@ -443,6 +480,21 @@ impl Config {
             if queue.max_attempts == 0 {
                 problems.push(format!("{at}.max_attempts: must be at least 1"));
             }
+            let limits = &queue.retry_limits;
+            for (outcome, limit) in [
+                ("no_answer", limits.no_answer),
+                ("busy", limits.busy),
+                ("voicemail", limits.voicemail),
+            ] {
+                if limit == Some(0) {
+                    problems.push(format!("{at}.retry_limits.{outcome}: must be at least 1"));
+                }
+            }
+            if queue.max_attempts_per_phone_per_day == Some(0) {
+                problems.push(format!(
+                    "{at}.max_attempts_per_phone_per_day: must be at least 1"
+                ));
+            }
             if let Some(hours) = &queue.open_hours {
                 match hours.days(&no_days) {
                     Ok(days) if days.iter().all(Vec::is_empty) => {
@@ -618,6 +670,48 @@ mod tests {
         assert_eq!(days[0].len(), 1);
         assert!(days[6].is_empty());
         assert_eq!(hours.closed.len(), 1);
+    }
+
+    #[test]
+    fn retry_rules_parse_default_and_are_checked() {
+        let config = Config::from_toml_with_env(QUEUE, []).unwrap();
+        let queue = &config.queues["support"];
+        assert_eq!(queue.retry_limits, RetryLimits::default());
+        assert_eq!(queue.max_attempts_per_phone_per_day, None);
+        assert_eq!(queue.personal_fallback, Duration::from_secs(600));
+
+        let text = format!(
+            "{QUEUE}retry_limits = {{ no_answer = 3, busy = 5 }}\n\
+             max_attempts_per_phone_per_day = 4\npersonal_fallback = \"2m\"\n"
+        );
+        let config = Config::from_toml_with_env(&text, []).unwrap();
+        let queue = &config.queues["support"];
+        assert_eq!(queue.retry_limits.for_outcome(Outcome::NoAnswer), Some(3));
+        assert_eq!(queue.retry_limits.for_outcome(Outcome::Busy), Some(5));
+        assert_eq!(queue.retry_limits.for_outcome(Outcome::Voicemail), None);
+        assert_eq!(queue.retry_limits.for_outcome(Outcome::Declined), None);
+        assert_eq!(queue.max_attempts_per_phone_per_day, Some(4));
+        assert_eq!(queue.personal_fallback, Duration::from_secs(120));
+
+        let text = format!(
+            "{QUEUE}retry_limits = {{ voicemail = 0 }}\nmax_attempts_per_phone_per_day = 0\n"
+        );
+        let err = Config::from_toml_with_env(&text, [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("retry_limits.voicemail: must be at least 1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("max_attempts_per_phone_per_day: must be at least 1"),
+            "{err}"
+        );
+        let text = format!("{QUEUE}retry_limits = {{ hang_up = 1 }}\n");
+        let err = Config::from_toml_with_env(&text, [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hang_up"), "{err}");
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub async fn refresh_store_gauges(
         let stats = match store.stats().await {
             Ok(stats) => stats,
             Err(error) => {
-                metrics::counter!("callkeeper_store_errors_total", "operation" => "stats").increment(1);
+                metrics::counter!("callkeeper_store_errors_total", "operation" => "stats")
+                    .increment(1);
                 tracing::warn!(%error, "Could not read figures for the gauges; will retry.");
                 continue;
             }
@@ -99,23 +100,41 @@ pub async fn refresh_store_gauges(
         for queue in rules.queue_names() {
             let q = queue.as_str().to_owned();
             for state in State::ALL {
-                let n = stats.by_state.iter().find(|(sq, ss, _)| sq == queue && ss == state).map_or(0, |r| r.2);
+                let n = stats
+                    .by_state
+                    .iter()
+                    .find(|(sq, ss, _)| sq == queue && ss == state)
+                    .map_or(0, |r| r.2);
                 metrics::gauge!("callkeeper_callbacks", "queue" => q.clone(), "state" => state.as_str()).set(n as f64);
             }
-            let oldest = stats.oldest_open.iter().find(|(sq, _)| sq == queue).map_or(0.0, |(_, at)| {
-                (now - *at).num_milliseconds().max(0) as f64 / 1000.0
-            });
+            let oldest = stats
+                .oldest_open
+                .iter()
+                .find(|(sq, _)| sq == queue)
+                .map_or(0.0, |(_, at)| {
+                    (now - *at).num_milliseconds().max(0) as f64 / 1000.0
+                });
             metrics::gauge!("callkeeper_oldest_waiting_seconds", "queue" => q.clone()).set(oldest);
-            let at_risk = stats.at_risk.iter().find(|(sq, _)| sq == queue).map_or(0, |r| r.1);
-            metrics::gauge!("callkeeper_callbacks_at_risk", "queue" => q.clone()).set(at_risk as f64);
-            match store.sla_rows(Some(queue), now - ATTAINMENT_WINDOW, now).await {
+            let at_risk = stats
+                .at_risk
+                .iter()
+                .find(|(sq, _)| sq == queue)
+                .map_or(0, |r| r.1);
+            metrics::gauge!("callkeeper_callbacks_at_risk", "queue" => q.clone())
+                .set(at_risk as f64);
+            match store
+                .sla_rows(Some(queue), now - ATTAINMENT_WINDOW, now)
+                .await
+            {
                 Ok(rows) => {
                     if let Some(attainment) = SlaReport::from_rows(&rows).attainment {
-                        metrics::gauge!("callkeeper_sla_attainment_ratio", "queue" => q).set(attainment);
+                        metrics::gauge!("callkeeper_sla_attainment_ratio", "queue" => q)
+                            .set(attainment);
                     }
                 }
                 Err(error) => {
-                    metrics::counter!("callkeeper_store_errors_total", "operation" => "sla_rows").increment(1);
+                    metrics::counter!("callkeeper_store_errors_total", "operation" => "sla_rows")
+                        .increment(1);
                     tracing::warn!(%error, "Could not read SLA figures for the gauges; will retry.");
                 }
             }
@@ -126,21 +145,74 @@ pub async fn refresh_store_gauges(
 /// Describes every metric callkeeper emits, so `/metrics` carries HELP text for each.
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("callkeeper_intake_messages_total", "Inbound events by result: created, merged, duplicate, cancelled, attempted, rejected.");
-    describe_counter!("callkeeper_intake_rejected_total", "Inbound events dead-lettered, by reason code.");
-    describe_counter!("callkeeper_intake_store_failures_total", "Times applying a batch of inbound events failed on the store (retried).");
-    describe_gauge!("callkeeper_intake_unacked", "Inbound messages in hand, not yet acked.");
-    describe_gauge!("callkeeper_amqp_connected", "1 while connected to RabbitMQ and consuming, else 0.");
-    describe_counter!("callkeeper_amqp_reconnects_total", "Reconnections to RabbitMQ after a lost connection.");
-    describe_counter!("callkeeper_webhook_deliveries_total", "Webhook tries by notice type and result: delivered, retry, gave_up, gone.");
-    describe_histogram!("callkeeper_webhook_duration_seconds", Unit::Seconds, "Time a webhook endpoint took to answer.");
-    describe_gauge!("callkeeper_webhook_in_flight", "Webhook requests in flight.");
-    describe_histogram!("callkeeper_timer_lateness_seconds", Unit::Seconds, "How late the timer stepped a callback after its fire time.");
-    describe_gauge!("callkeeper_timer_pending", "Fire times held in memory (the near-term window).");
-    describe_counter!("callkeeper_api_requests_total", "HTTP API requests by route template and status.");
-    describe_gauge!("callkeeper_callbacks", "Stored callbacks by queue and state.");
-    describe_gauge!("callkeeper_oldest_waiting_seconds", "Age of the oldest open callback per queue.");
-    describe_gauge!("callkeeper_callbacks_at_risk", "Open callbacks past their at-risk time with no attempt yet, per queue.");
-    describe_gauge!("callkeeper_sla_attainment_ratio", "Met / (met + missed) over callbacks requested in the last 24 h, per queue.");
-    describe_counter!("callkeeper_store_errors_total", "Store operations that failed, by operation.");
+    describe_counter!(
+        "callkeeper_intake_messages_total",
+        "Inbound events by result: created, merged, duplicate, cancelled, attempted, rejected."
+    );
+    describe_counter!(
+        "callkeeper_intake_rejected_total",
+        "Inbound events dead-lettered, by reason code."
+    );
+    describe_counter!(
+        "callkeeper_intake_store_failures_total",
+        "Times applying a batch of inbound events failed on the store (retried)."
+    );
+    describe_gauge!(
+        "callkeeper_intake_unacked",
+        "Inbound messages in hand, not yet acked."
+    );
+    describe_gauge!(
+        "callkeeper_amqp_connected",
+        "1 while connected to RabbitMQ and consuming, else 0."
+    );
+    describe_counter!(
+        "callkeeper_amqp_reconnects_total",
+        "Reconnections to RabbitMQ after a lost connection."
+    );
+    describe_counter!(
+        "callkeeper_webhook_deliveries_total",
+        "Webhook tries by notice type and result: delivered, retry, gave_up, gone."
+    );
+    describe_histogram!(
+        "callkeeper_webhook_duration_seconds",
+        Unit::Seconds,
+        "Time a webhook endpoint took to answer."
+    );
+    describe_gauge!(
+        "callkeeper_webhook_in_flight",
+        "Webhook requests in flight."
+    );
+    describe_histogram!(
+        "callkeeper_timer_lateness_seconds",
+        Unit::Seconds,
+        "How late the timer stepped a callback after its fire time."
+    );
+    describe_gauge!(
+        "callkeeper_timer_pending",
+        "Fire times held in memory (the near-term window)."
+    );
+    describe_counter!(
+        "callkeeper_api_requests_total",
+        "HTTP API requests by route template and status."
+    );
+    describe_gauge!(
+        "callkeeper_callbacks",
+        "Stored callbacks by queue and state."
+    );
+    describe_gauge!(
+        "callkeeper_oldest_waiting_seconds",
+        "Age of the oldest open callback per queue."
+    );
+    describe_gauge!(
+        "callkeeper_callbacks_at_risk",
+        "Open callbacks past their at-risk time with no attempt yet, per queue."
+    );
+    describe_gauge!(
+        "callkeeper_sla_attainment_ratio",
+        "Met / (met + missed) over callbacks requested in the last 24 h, per queue."
+    );
+    describe_counter!(
+        "callkeeper_store_errors_total",
+        "Store operations that failed, by operation."
+    );
 }

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callkeeper::api::{router, ApiState};
-use callkeeper::clock::SystemClock;
+use callkeeper::clock::{ManualClock, SharedClock, SystemClock};
 use callkeeper::config::Config;
 use callkeeper::domain::inbound::{CallbackRequest, Command, EventKey, Inbound, InboundOutcome};
 use callkeeper::domain::{CallbackId, Phone, Priority, QueueName};
 use callkeeper::schedule::{Rules, WakeupReceivers, Wakeups};
 use callkeeper::store::{self, SharedStore, StoreSettings, TryResult};
 use callkeeper::telemetry::{metrics_handle, Health, SharedHealth};
-use chrono::Utc;
+use chrono::{TimeZone, Utc};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -46,7 +46,11 @@ struct TestApp {
 }
 
 async fn spawn_app() -> TestApp {
-    let config = Config::from_toml_with_env(QUEUES, []).expect("test config");
+    spawn_app_with(QUEUES, Arc::new(SystemClock)).await
+}
+
+async fn spawn_app_with(queues: &str, clock: SharedClock) -> TestApp {
+    let config = Config::from_toml_with_env(queues, []).expect("test config");
     let rules = Arc::new(Rules::from_config(&config));
     let dir = tempfile::tempdir().expect("temp dir");
     let (wakeups, receivers) = Wakeups::new();
@@ -61,7 +65,7 @@ async fn spawn_app() -> TestApp {
     let health: SharedHealth = Arc::new(Health::default());
     let state = ApiState {
         store: store.clone(),
-        clock: Arc::new(SystemClock),
+        clock,
         rules,
         api_tokens: Arc::new(vec![
             SecretString::from("an-older-token"),
@@ -680,4 +684,108 @@ async fn metrics_count_requests_by_route_template() {
         !text.contains(&id.to_string()),
         "raw ids never become labels"
     );
+}
+
+/// A queue open Monday to Friday 09:00-17:00 in Amsterdam, for estimates at a fixed time.
+const ESTIMATE_QUEUES: &str = r#"
+    [queues.support]
+    webhook_url = "http://127.0.0.1:9/hooks"
+    signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+    timezone = "Europe/Amsterdam"
+    sla = { normal = "4h", high = "1h", urgent = "15m" }
+
+    [queues.support.open_hours]
+    every_day = ["09:00-17:00"]
+    sat = []
+    sun = []
+"#;
+
+#[tokio::test]
+async fn estimate_promises_the_due_time_and_deadline_of_a_request_made_now() {
+    // Friday 2030-03-08 16:00 in Amsterdam: an hour before the queue closes for the weekend.
+    let now = Utc.with_ymd_and_hms(2030, 3, 8, 15, 0, 0).unwrap();
+    let app = spawn_app_with(ESTIMATE_QUEUES, Arc::new(ManualClock::new(now))).await;
+
+    let response = app.get("/v1/queues/support/estimate").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    // 4 h of open time: 1 h on Friday, 3 h from Monday 09:00 (CET, UTC+1).
+    assert_eq!(
+        body,
+        json!({
+            "queue": "support",
+            "priority": "normal",
+            "due_at": "2030-03-08T15:00:00.000Z",
+            "deadline": "2030-03-11T11:00:00.000Z",
+            "callee_timezone": "Europe/Amsterdam",
+        })
+    );
+
+    let body: Value = app
+        .get("/v1/queues/support/estimate?priority=urgent")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["priority"], "urgent");
+    assert_eq!(body["deadline"], "2030-03-08T15:15:00.000Z");
+
+    // A Tokyo number: midnight there now, and the queue is closed by Tokyo's morning, so the
+    // first moment inside both is Monday 09:00 in Amsterdam (17:00 in Tokyo).
+    for phone in ["%2B81312345678", "+81312345678"] {
+        let response = app
+            .get(&format!(
+                "/v1/queues/support/estimate?phone={phone}&priority="
+            ))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "phone={phone}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["callee_timezone"], "Asia/Tokyo");
+        assert_eq!(body["priority"], "normal");
+        assert_eq!(body["due_at"], "2030-03-11T08:00:00.000Z");
+        assert_eq!(body["deadline"], "2030-03-11T11:00:00.000Z");
+    }
+}
+
+#[tokio::test]
+async fn estimate_refuses_bad_input_with_json_errors() {
+    let app = spawn_app().await;
+
+    let response = app
+        .get("/v1/queues/support/estimate?phone=%2B3161234")
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (code, message) = error_of(response).await;
+    assert_eq!(code, "invalid_phone");
+    assert!(message.starts_with("phone:"), "{message}");
+    assert!(
+        !message.contains("3161234"),
+        "no number in errors: {message}"
+    );
+
+    for path in [
+        "/v1/queues/nope/estimate",
+        "/v1/queues/Not%20A%20Queue/estimate",
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(error_of(response).await.0, "unknown_queue");
+    }
+
+    let response = app.get("/v1/queues/support/estimate?priority=asap").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (code, message) = error_of(response).await;
+    assert_eq!(code, "invalid_query");
+    assert!(
+        message.starts_with("priority: must be one of normal"),
+        "{message}"
+    );
+
+    let response = app
+        .client
+        .get(app.url("/v1/queues/support/estimate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }

@@ -1,5 +1,6 @@
 //! SqliteStore against a real SQLite file per test.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use callkeeper::domain::inbound::{
 use callkeeper::domain::lifecycle::{LifecycleError, Notice};
 use callkeeper::domain::{
     CallbackId, CancelReason, Customer, Outcome, Phone, Priority, QueueName, SlaStatus, State,
+    Window,
 };
 use callkeeper::notify::DeliveryState;
 use callkeeper::schedule::{Rules, WakeupReceivers, Wakeups};
@@ -21,6 +23,7 @@ use tempfile::TempDir;
 const AGENTS: &str = "http://127.0.0.1:9/agents";
 const ESCALATION: &str = "http://127.0.0.1:9/escalation";
 const SALES_AGENTS: &str = "http://127.0.0.1:9/sales";
+const RETRY_AGENTS: &str = "http://127.0.0.1:9/retry";
 const PHONE: &str = "+31612345678";
 
 const TOML: &str = r#"
@@ -40,6 +43,17 @@ max_attempts = 2
 webhook_url = "http://127.0.0.1:9/sales"
 signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
 sla = { normal = "4h", high = "1h", urgent = "15m" }
+
+[queues.retry]
+webhook_url = "http://127.0.0.1:9/retry"
+escalation_url = "http://127.0.0.1:9/escalation"
+signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+sla = { normal = "4h", high = "1h", urgent = "15m" }
+retry_delays = ["10m"]
+max_attempts = 5
+retry_limits = { busy = 1 }
+max_attempts_per_phone_per_day = 2
+personal_fallback = "10m"
 "#;
 
 const OPT_OUT_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -1135,4 +1149,273 @@ async fn concurrent_writers_and_readers_do_not_collide() {
         .await
         .unwrap();
     assert_eq!(sales.len(), 20);
+}
+
+// ---- retry rules, personal callbacks, windows closed on arrival (issue 3) ----
+
+impl Harness {
+    /// Applies one request and returns the new callback's id.
+    async fn create_from(&self, request: CallbackRequest, now: DateTime<Utc>) -> CallbackId {
+        let id = format!("req-{}", CallbackId::new());
+        match self
+            .apply(event(&id, "fp", Command::Request(request)), now)
+            .await
+        {
+            InboundOutcome::Created(id) => id,
+            other => panic!("expected Created, got {other:?}"),
+        }
+    }
+
+    /// The bodies of the `callback.due` webhooks of a callback, oldest first.
+    async fn due_bodies(&self, id: CallbackId) -> Vec<serde_json::Value> {
+        self.deliveries_of(id)
+            .await
+            .iter()
+            .filter(|d| d.notice == Notice::Due)
+            .map(|d| serde_json::from_str(&d.body).unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn an_outcome_limit_fails_the_callback_and_escalates() {
+    let h = harness().await;
+    let id = h.create(PHONE, "retry", t0()).await;
+    let cb = h
+        .store
+        .record_attempt(id, &report("agent-1", Outcome::NoAnswer), t0())
+        .await
+        .unwrap();
+    assert_eq!(cb.state, State::Scheduled);
+    let cb = h
+        .store
+        .record_attempt(id, &report("agent-1", Outcome::Busy), t0() + mins(20))
+        .await
+        .unwrap();
+    assert_eq!(cb.state, State::Failed, "busy is limited to 1");
+    let stored = h.store.get(id).await.unwrap().unwrap();
+    assert_eq!(stored, cb);
+    assert_eq!((stored.no_answer_attempts, stored.busy_attempts), (1, 1));
+    let mut exhausted: Vec<String> = h
+        .deliveries_of(id)
+        .await
+        .into_iter()
+        .filter(|d| d.notice == Notice::Exhausted)
+        .map(|d| d.url)
+        .collect();
+    exhausted.sort();
+    assert_eq!(
+        exhausted,
+        vec![ESCALATION.to_string(), RETRY_AGENTS.to_string()]
+    );
+}
+
+#[tokio::test]
+async fn the_daily_cap_counts_calls_to_the_number_from_every_queue() {
+    let h = harness().await;
+    let other = h.create(PHONE, "sales", t0()).await;
+    let id = h.create(PHONE, "retry", t0()).await;
+    // A call from another queue a day and more ago no longer counts.
+    h.store
+        .record_attempt(
+            other,
+            &report("a", Outcome::NoAnswer),
+            t0() - TimeDelta::hours(30),
+        )
+        .await
+        .unwrap();
+    let cb = h
+        .store
+        .record_attempt(id, &report("b", Outcome::NoAnswer), t0())
+        .await
+        .unwrap();
+    assert!(
+        cb.due_at <= t0() + mins(11),
+        "1 of 2 today: the usual delay"
+    );
+
+    // Another queue calls the number an hour later; with this callback's next call that makes 2.
+    h.store
+        .record_attempt(other, &report("a", Outcome::NoAnswer), t0() + mins(30))
+        .await
+        .unwrap();
+    let cb = h
+        .store
+        .record_attempt(id, &report("b", Outcome::NoAnswer), t0() + mins(40))
+        .await
+        .unwrap();
+    assert_eq!(cb.state, State::Scheduled);
+    // Three calls in the last 24 h (t0, +30m, +40m), cap 2: wait until t0 + 30m is a day old.
+    assert_eq!(cb.due_at, t0() + mins(30) + TimeDelta::hours(24));
+    assert_eq!(h.store.get(id).await.unwrap().unwrap().due_at, cb.due_at);
+}
+
+#[tokio::test]
+async fn a_personal_callback_falls_back_to_the_queue_once_across_a_restart() {
+    let h = harness().await;
+    let mut personal = request(PHONE, "retry");
+    personal.agent_id = Some("agent-7".into());
+    let id = h.create_from(personal, t0()).await;
+
+    let first = h.store.advance(id, t0()).await.unwrap();
+    assert_eq!(first.deliveries, 1);
+    assert_eq!(first.next_fire_at, Some(t0() + mins(10)));
+    let quiet = h.store.advance(id, t0() + mins(9)).await.unwrap();
+    assert_eq!(quiet.deliveries, 0);
+
+    // A restart between the two offers: the fallback is stored, not remembered.
+    h.store.close().await;
+    let store = SqliteStore::connect(&h.url, h.settings.clone())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let times = store.fire_times(t0() + mins(10), 10).await.unwrap();
+    assert_eq!(times, vec![(t0() + mins(10), id)]);
+    let second = store.advance(id, t0() + mins(10)).await.unwrap();
+    assert_eq!(second.deliveries, 1);
+    for later in [t0() + mins(11), t0() + TimeDelta::hours(1)] {
+        assert_eq!(store.advance(id, later).await.unwrap().deliveries, 0);
+    }
+    let h = Harness { store, ..h };
+
+    let bodies = h.due_bodies(id).await;
+    assert_eq!(bodies.len(), 2, "exactly one fallback");
+    assert_eq!(bodies[0]["data"]["offered_to"], "agent");
+    assert_eq!(bodies[0]["data"]["agent_id"], "agent-7");
+    assert_eq!(bodies[1]["data"]["offered_to"], "queue");
+    assert_eq!(bodies[1]["data"]["agent_id"], serde_json::Value::Null);
+    let cb = h.store.get(id).await.unwrap().unwrap();
+    assert_eq!(cb.offered_to_queue_at, Some(t0() + mins(10)));
+    assert_eq!(cb.agent_id.as_deref(), Some("agent-7"));
+}
+
+#[tokio::test]
+async fn a_claim_before_the_fallback_keeps_a_personal_callback_with_its_agent() {
+    let h = harness().await;
+    let mut personal = request(PHONE, "retry");
+    personal.agent_id = Some("agent-7".into());
+    let id = h.create_from(personal, t0()).await;
+    h.store.advance(id, t0()).await.unwrap();
+    h.store.claim(id, "agent-7", t0() + mins(5)).await.unwrap();
+    assert!(h
+        .store
+        .fire_times(t0() + mins(10), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    h.store.advance(id, t0() + mins(10)).await.unwrap();
+    let bodies = h.due_bodies(id).await;
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0]["data"]["offered_to"], "agent");
+}
+
+#[tokio::test]
+async fn a_window_closed_on_arrival_is_stored_and_expires_without_a_due() {
+    let h = harness().await;
+    let mut late = request(PHONE, "support");
+    late.window = Some(Window {
+        not_before: t0() - TimeDelta::hours(3),
+        not_after: t0() - TimeDelta::hours(1),
+    });
+    let id = h.create_from(late, t0()).await;
+    assert_eq!(h.store.fire_times(t0(), 10).await.unwrap().len(), 1);
+    h.store.advance(id, t0()).await.unwrap();
+    let cb = h.store.get(id).await.unwrap().unwrap();
+    assert_eq!((cb.state, cb.sla), (State::Expired, SlaStatus::Missed));
+    let notices: Vec<Notice> = h.deliveries_of(id).await.iter().map(|d| d.notice).collect();
+    assert!(!notices.contains(&Notice::Due), "{notices:?}");
+    assert!(h
+        .store
+        .fire_times(t0() + TimeDelta::days(7), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A new request for the number is a new callback, not merged into the expired one.
+    assert_ne!(h.create(PHONE, "support", t0()).await, id);
+}
+
+#[tokio::test]
+async fn migration_0002_counts_outcomes_and_numbers_of_existing_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/old.db", dir.path().display());
+    // A database as the previous release left it: only 0001 applied.
+    let only_first = dir.path().join("migrations");
+    std::fs::create_dir(&only_first).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/sqlite/0001_init.sql"
+        ),
+        only_first.join("0001_init.sql"),
+    )
+    .unwrap();
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(only_first.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        let id = CallbackId::new().to_string();
+        let start = t0().timestamp_millis();
+        sqlx::query(
+            "INSERT INTO callbacks (id, queue, phone, priority, state, sla, requested_at, due_at, \
+               deadline, requests, attempts, max_attempts, at_risk_notified, updated_at) \
+             VALUES (?, 'retry', ?, 'normal', 'scheduled', 'met', ?, ?, ?, 1, 3, 5, 0, ?)",
+        )
+        .bind(&id)
+        .bind(PHONE)
+        .bind(start)
+        .bind(start)
+        .bind(start)
+        .bind(start)
+        .execute(&pool)
+        .await
+        .unwrap();
+        for (n, outcome) in ["no_answer", "busy", "no_answer"].iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO attempts (callback_id, number, agent_id, outcome, at) \
+                 VALUES (?, ?, 'a', ?, ?)",
+            )
+            .bind(&id)
+            .bind(n as i64 + 1)
+            .bind(outcome)
+            .bind(start + n as i64 * 60_000)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+    }
+    let h = harness().await;
+    let store = SqliteStore::connect(&url, h.settings.clone())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let cb = store
+        .list(&ListFilter::default())
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (
+            cb.no_answer_attempts,
+            cb.busy_attempts,
+            cb.voicemail_attempts
+        ),
+        (2, 1, 0)
+    );
+    assert_eq!(cb.offered_to_queue_at, None);
+    // The old attempts count towards the number's daily cap (2): the next retry waits.
+    let cb = store
+        .record_attempt(cb.id, &report("a", Outcome::NoAnswer), t0() + mins(5))
+        .await
+        .unwrap();
+    // Four calls in 24 h (three old, this one), cap 2: wait until the third old one ages out.
+    assert_eq!(cb.due_at, t0() + mins(2) + TimeDelta::hours(24));
 }

@@ -5,6 +5,7 @@
 
 use callkeeper::config::Config;
 use callkeeper::domain::inbound::CallbackRequest;
+use callkeeper::domain::lifecycle;
 use callkeeper::domain::{Customer, Phone, Priority, QueueName, Window};
 use callkeeper::schedule::{QueuePolicy, Rules};
 use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
@@ -153,6 +154,42 @@ proptest! {
         if !clamped {
             prop_assert_eq!(open_minutes(policy, sla_start, plan.deadline), sla_minutes as i64);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A retry held back by the per-number daily cap still lands inside open hours and the
+    /// callee's window, after the delay, and with fewer than the cap's calls in the 24 hours
+    /// before it.
+    #[test]
+    fn capped_retries_obey_the_windows_and_the_cap(
+        queue_zone in prop::sample::select(&ZONES[..]),
+        callee_zone in prop::sample::select(&ZONES[..]),
+        hours in week(),
+        minute_of_period in 0i64..(2 * 365 * 24 * 60),
+        earlier in prop::collection::vec(1i64..(24 * 60), 0..4),
+    ) {
+        let queue = format!(
+            "max_attempts_per_phone_per_day = 2\nretry_delays = [\"10m\"]\n[queues.q.open_hours]\n{hours}"
+        );
+        let rules = rules(queue_zone, &queue, "every_day = [\"08:00-21:00\"]", 60);
+        let policy = policy(&rules);
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::minutes(minute_of_period);
+        let request = request(callee_zone, None);
+        let mut callback = lifecycle::create(&request, policy.plan(&request, now), policy, now);
+        callback.attempts = 1;
+        let mut calls: Vec<_> = earlier.iter().map(|m| now - Duration::minutes(*m)).collect();
+        calls.push(now);
+        let retry = policy.retry_at(&callback, &calls, now);
+        let callee = policy.callee(&request.phone, request.customer.as_ref());
+
+        prop_assert!(retry >= now + Duration::minutes(9));
+        prop_assert!(policy.open_hours.is_open(retry), "retry {} outside open hours", retry);
+        prop_assert!(policy.calling_windows.calendar(&callee).is_open(retry), "retry {} outside the callee window", retry);
+        let in_day = calls.iter().filter(|&&c| c > retry - Duration::hours(24)).count();
+        prop_assert!(in_day < 2, "{} calls in the day before the retry at {}", in_day, retry);
     }
 }
 

@@ -10,6 +10,7 @@ mod deliveries;
 pub mod error;
 mod extract;
 mod health;
+mod queues;
 mod sla;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub use callbacks::{
 pub use deliveries::{DeliveryPage, DeliverySummary, DeliveryView};
 pub use error::ApiError;
 pub use extract::MAX_BODY_BYTES;
+pub use queues::Estimate;
 
 /// Page size when a list call names none.
 pub const DEFAULT_PAGE_LIMIT: u32 = 50;
@@ -63,6 +65,7 @@ pub fn router(state: ApiState) -> Router {
             post(callbacks::record_attempt),
         )
         .route("/v1/callbacks/{id}/cancel", post(callbacks::cancel))
+        .route("/v1/queues/{queue}/estimate", get(queues::estimate))
         .route("/v1/deliveries", get(deliveries::list))
         .route("/v1/deliveries/{id}", get(deliveries::get))
         .route("/v1/deliveries/{id}/replay", post(deliveries::replay))

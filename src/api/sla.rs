@@ -39,10 +39,13 @@ pub async fn report(
     let present = |v: Option<String>| v.filter(|v| !v.is_empty());
     let queue = present(query.queue)
         .map(|q| {
-            let name = QueueName::parse(&q).map_err(|e| ApiError::invalid_query(format!("queue: {e}")))?;
+            let name =
+                QueueName::parse(&q).map_err(|e| ApiError::invalid_query(format!("queue: {e}")))?;
             match state.rules.queue(&name) {
                 Some(_) => Ok(name),
-                None => Err(ApiError::not_found(format!("queue '{name}' is not configured"))),
+                None => Err(ApiError::not_found(format!(
+                    "queue '{name}' is not configured"
+                ))),
             }
         })
         .transpose()?;
@@ -51,7 +54,9 @@ pub async fn report(
             .map(|raw| {
                 DateTime::parse_from_rfc3339(&raw)
                     .map(|t| t.with_timezone(&Utc))
-                    .map_err(|_| ApiError::invalid_query(format!("{field}: must be an RFC 3339 time")))
+                    .map_err(|_| {
+                        ApiError::invalid_query(format!("{field}: must be an RFC 3339 time"))
+                    })
             })
             .transpose()
     };
@@ -61,5 +66,10 @@ pub async fn report(
         return Err(ApiError::invalid_query("from: must be before to"));
     }
     let rows = state.store.sla_rows(queue.as_ref(), from, to).await?;
-    Ok(Json(SlaView { queue, from: rfc3339(from), to: rfc3339(to), report: SlaReport::from_rows(&rows) }))
+    Ok(Json(SlaView {
+        queue,
+        from: rfc3339(from),
+        to: rfc3339(to),
+        report: SlaReport::from_rows(&rows),
+    }))
 }

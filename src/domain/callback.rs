@@ -53,6 +53,15 @@ impl Outcome {
 }
 
 string_enum! {
+    /// Who a callback is offered to: a personal callback goes to its agent first, everything
+    /// else (and a personal one its agent left unclaimed) to the whole queue.
+    pub enum OfferedTo {
+        Agent => "agent",
+        Queue => "queue",
+    }
+}
+
+string_enum! {
     pub enum CancelReason {
         /// The customer got through another way.
         CustomerReached => "customer_reached",
@@ -116,15 +125,52 @@ pub struct Callback {
     /// Attempts recorded so far.
     pub attempts: u32,
     pub max_attempts: u32,
+    /// Attempts per retryable outcome, checked against the queue's `retry_limits`.
+    pub no_answer_attempts: u32,
+    pub busy_attempts: u32,
+    pub voicemail_attempts: u32,
     pub claimed_by: Option<String>,
     pub claimed_at: Option<DateTime<Utc>>,
     pub first_attempt_at: Option<DateTime<Utc>>,
     pub last_outcome: Option<Outcome>,
     /// Whether `callback.at_risk` went out, so it goes out once.
     pub at_risk_notified: bool,
+    /// When a personal callback was offered to the whole queue because its agent had not
+    /// claimed it in time; stored, so the second `callback.due` goes out once, even across
+    /// restarts.
+    pub offered_to_queue_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<CancelReason>,
     pub closed_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Callback {
+    /// Attempts so far that ended with `outcome` (counted for retryable outcomes only).
+    pub fn outcome_attempts(&self, outcome: Outcome) -> u32 {
+        match outcome {
+            Outcome::NoAnswer => self.no_answer_attempts,
+            Outcome::Busy => self.busy_attempts,
+            Outcome::Voicemail => self.voicemail_attempts,
+            _ => 0,
+        }
+    }
+
+    /// Who the callback is offered to now.
+    pub fn offered_to(&self) -> OfferedTo {
+        if self.agent_id.is_some() && self.offered_to_queue_at.is_none() {
+            OfferedTo::Agent
+        } else {
+            OfferedTo::Queue
+        }
+    }
+
+    /// The agent the callback is offered to, or `None` once it is the whole queue's.
+    pub fn offered_agent(&self) -> Option<&str> {
+        match self.offered_to() {
+            OfferedTo::Agent => self.agent_id.as_deref(),
+            OfferedTo::Queue => None,
+        }
+    }
 }
 
 /// One recorded attempt.

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::inbound::{AttemptReport, CallbackRequest};
 use super::string_enum::string_enum;
-use super::{Callback, CallbackId, CancelReason, Outcome, SlaStatus, State};
+use super::{Callback, CallbackId, CancelReason, OfferedTo, Outcome, SlaStatus, State};
 use crate::schedule::{Plan, QueuePolicy};
 
 string_enum! {
@@ -63,11 +63,15 @@ pub fn create(
         requests: 1,
         attempts: 0,
         max_attempts: policy.max_attempts,
+        no_answer_attempts: 0,
+        busy_attempts: 0,
+        voicemail_attempts: 0,
         claimed_by: None,
         claimed_at: None,
         first_attempt_at: None,
         last_outcome: None,
         at_risk_notified: false,
+        offered_to_queue_at: None,
         cancel_reason: None,
         closed_at: None,
         updated_at: now,
@@ -75,9 +79,12 @@ pub fn create(
 }
 
 /// Folds a duplicate request into the open callback for the same phone and queue: one more
-/// request, the newest context, the earliest deadline — and no second callback.
+/// request, the newest context, the earliest deadline — and no second callback. A request whose
+/// window had already closed when it arrived still counts, but moves no time: its deadline lies
+/// in the past and would mark the open promise missed.
 pub fn merge(callback: &mut Callback, request: &CallbackRequest, plan: Plan, now: DateTime<Utc>) {
     callback.requests += 1;
+    callback.updated_at = now;
     callback.priority = callback.priority.max(request.priority);
     if request.context.is_some() {
         callback.context = request.context.clone();
@@ -88,8 +95,15 @@ pub fn merge(callback: &mut Callback, request: &CallbackRequest, plan: Plan, now
     if request.call.is_some() {
         callback.call = request.call.clone();
     }
-    if callback.agent_id.is_none() {
+    if callback.agent_id.is_none() && request.agent_id.is_some() {
         callback.agent_id = request.agent_id.clone();
+        // Already offered to the whole queue: naming an agent now must not send a second due.
+        if callback.state != State::Scheduled {
+            callback.offered_to_queue_at = Some(now);
+        }
+    }
+    if request.window.is_some_and(|w| w.not_after <= now) {
+        return;
     }
     if callback.sla == SlaStatus::Pending && plan.deadline < callback.deadline {
         callback.deadline = plan.deadline;
@@ -97,7 +111,6 @@ pub fn merge(callback: &mut Callback, request: &CallbackRequest, plan: Plan, now
     if callback.state == State::Scheduled && callback.attempts == 0 {
         callback.due_at = callback.due_at.min(plan.due_at);
     }
-    callback.updated_at = now;
 }
 
 /// Applies every time-driven transition that is due at `now` and returns the notices to send.
@@ -109,6 +122,15 @@ pub fn advance(callback: &mut Callback, policy: &QueuePolicy, now: DateTime<Utc>
     let unattempted = callback.first_attempt_at.is_none();
     if callback.state == State::Scheduled && callback.due_at <= now {
         callback.state = State::Due;
+        // A timer catching up (after downtime) past its agent's time offers it straight to
+        // the queue, in one webhook.
+        if awaits_agent(callback) && policy.personal_fallback_at(callback.due_at) <= now {
+            callback.offered_to_queue_at = Some(now);
+        }
+        notices.push(Notice::Due);
+    } else if awaits_agent(callback) && policy.personal_fallback_at(callback.due_at) <= now {
+        // Its agent did not claim it in time: offer it to the whole queue, once.
+        callback.offered_to_queue_at = Some(now);
         notices.push(Notice::Due);
     }
     if unattempted && callback.sla == SlaStatus::Pending {
@@ -144,6 +166,7 @@ pub fn next_fire_at(callback: &Callback, policy: &QueuePolicy) -> Option<DateTim
     let pending = unattempted && callback.sla == SlaStatus::Pending;
     [
         (callback.state == State::Scheduled).then_some(callback.due_at),
+        awaits_agent(callback).then(|| policy.personal_fallback_at(callback.due_at)),
         (pending && !callback.at_risk_notified).then(|| policy.at_risk_at(callback.deadline)),
         pending.then_some(callback.deadline),
         callback.window.filter(|_| unattempted).map(|w| w.not_after),
@@ -151,6 +174,11 @@ pub fn next_fire_at(callback: &Callback, policy: &QueuePolicy) -> Option<DateTim
     .into_iter()
     .flatten()
     .min()
+}
+
+/// A personal callback that is due and offered to its agent alone, waiting for a claim.
+fn awaits_agent(callback: &Callback) -> bool {
+    callback.state == State::Due && callback.offered_to() == OfferedTo::Agent
 }
 
 /// An agent takes the callback. Claiming again by the same agent is fine.
@@ -173,11 +201,17 @@ pub fn claim(
     }
 }
 
-/// Records an attempt and moves the callback on: completed, retried later, or failed.
+/// Records an attempt and moves the callback on: completed, retried later, or failed (with
+/// `callback.exhausted` when a retryable outcome used up its limit or the total).
+///
+/// `phone_attempts`: the times of earlier attempts to this callback's number, over all its
+/// callbacks, after [`QueuePolicy::phone_attempts_since`] (empty when that is `None`); they
+/// hold a retry back under the queue's per-number daily cap.
 pub fn attempt(
     callback: &mut Callback,
     report: &AttemptReport,
     policy: &QueuePolicy,
+    phone_attempts: &[DateTime<Utc>],
     now: DateTime<Utc>,
 ) -> Result<Vec<Notice>, LifecycleError> {
     if !callback.state.is_open() {
@@ -189,6 +223,12 @@ pub fn attempt(
         return Err(LifecycleError::ClaimedByOther);
     }
     callback.attempts += 1;
+    match report.outcome {
+        Outcome::NoAnswer => callback.no_answer_attempts += 1,
+        Outcome::Busy => callback.busy_attempts += 1,
+        Outcome::Voicemail => callback.voicemail_attempts += 1,
+        _ => {}
+    }
     callback.last_outcome = Some(report.outcome);
     callback.updated_at = now;
     if callback.first_attempt_at.is_none() {
@@ -206,9 +246,11 @@ pub fn attempt(
     let mut notices = Vec::new();
     match report.outcome {
         Outcome::Connected => close(callback, State::Completed, now),
-        outcome if outcome.is_retryable() && callback.attempts < callback.max_attempts => {
+        outcome if outcome.is_retryable() && !attempts_used_up(callback, outcome, policy) => {
             callback.state = State::Scheduled;
-            callback.due_at = policy.retry_at(callback, now);
+            let mut times = phone_attempts.to_vec();
+            times.push(now);
+            callback.due_at = policy.retry_at(callback, &times, now);
         }
         outcome if outcome.is_retryable() => {
             close(callback, State::Failed, now);
@@ -217,6 +259,15 @@ pub fn attempt(
         _ => close(callback, State::Failed, now),
     }
     Ok(notices)
+}
+
+/// Whether the attempt just counted used up the total or the limit for its outcome.
+fn attempts_used_up(callback: &Callback, outcome: Outcome, policy: &QueuePolicy) -> bool {
+    callback.attempts >= callback.max_attempts
+        || policy
+            .retry_limits
+            .for_outcome(outcome)
+            .is_some_and(|limit| callback.outcome_attempts(outcome) >= limit)
 }
 
 /// Cancels an open callback.

@@ -11,7 +11,8 @@ mod priority;
 pub mod sla;
 
 pub use callback::{
-    Attempt, CallInfo, Callback, CancelReason, Customer, Outcome, SlaStatus, State, Window,
+    Attempt, CallInfo, Callback, CancelReason, Customer, OfferedTo, Outcome, SlaStatus, State,
+    Window,
 };
 pub use ids::{CallbackId, QueueName};
 pub use phone::{mask_phone, Phone, PhoneError};

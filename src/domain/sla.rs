@@ -50,9 +50,15 @@ impl SlaReport {
     pub fn from_rows(rows: &[SlaRow]) -> Self {
         let count = |status: SlaStatus| rows.iter().filter(|r| r.sla == status).count() as u64;
         let (met, missed) = (count(SlaStatus::Met), count(SlaStatus::Missed));
-        let attempted: Vec<&SlaRow> = rows.iter().filter(|r| r.first_attempt_at.is_some()).collect();
+        let attempted: Vec<&SlaRow> = rows
+            .iter()
+            .filter(|r| r.first_attempt_at.is_some())
+            .collect();
         let seconds = |f: &dyn Fn(&SlaRow) -> chrono::Duration| -> Vec<f64> {
-            attempted.iter().map(|r| f(r).num_milliseconds() as f64 / 1000.0).collect()
+            attempted
+                .iter()
+                .map(|r| f(r).num_milliseconds() as f64 / 1000.0)
+                .collect()
         };
         let to_first = seconds(&|r| r.first_attempt_at.unwrap_or(r.requested_at) - r.requested_at);
         let punctuality = seconds(&|r| r.first_attempt_at.unwrap_or(r.deadline) - r.deadline);
@@ -67,7 +73,8 @@ impl SlaReport {
             attainment: (met + missed > 0).then(|| met as f64 / (met + missed) as f64),
             time_to_first_attempt: Percentiles::of(to_first),
             punctuality: Percentiles::of(punctuality),
-            attempts_per_callback: (!attempted.is_empty()).then(|| total_attempts as f64 / attempted.len() as f64),
+            attempts_per_callback: (!attempted.is_empty())
+                .then(|| total_attempts as f64 / attempted.len() as f64),
         }
     }
 }
@@ -83,7 +90,10 @@ impl Percentiles {
             let index = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
             Some(values[index])
         };
-        Self { p50: rank(0.5), p90: rank(0.9) }
+        Self {
+            p50: rank(0.5),
+            p90: rank(0.9),
+        }
     }
 }
 
@@ -92,14 +102,20 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn row(sla: SlaStatus, first_after_minutes: Option<i64>, deadline_minutes: i64, attempts: u32) -> SlaRow {
+    fn row(
+        sla: SlaStatus,
+        first_after_minutes: Option<i64>,
+        deadline_minutes: i64,
+        attempts: u32,
+    ) -> SlaRow {
         let requested_at = Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap();
         SlaRow {
             requests: 1,
             sla,
             requested_at,
             deadline: requested_at + chrono::Duration::minutes(deadline_minutes),
-            first_attempt_at: first_after_minutes.map(|m| requested_at + chrono::Duration::minutes(m)),
+            first_attempt_at: first_after_minutes
+                .map(|m| requested_at + chrono::Duration::minutes(m)),
             attempts,
         }
     }
@@ -114,10 +130,31 @@ mod tests {
             row(SlaStatus::Pending, None, 60, 0),
         ];
         let report = SlaReport::from_rows(&rows);
-        assert_eq!((report.requested, report.attempted, report.met, report.missed, report.pending), (5, 3, 2, 2, 1));
+        assert_eq!(
+            (
+                report.requested,
+                report.attempted,
+                report.met,
+                report.missed,
+                report.pending
+            ),
+            (5, 3, 2, 2, 1)
+        );
         assert_eq!(report.attainment, Some(0.5));
-        assert_eq!(report.time_to_first_attempt, Percentiles { p50: Some(1800.0), p90: Some(5400.0) });
-        assert_eq!(report.punctuality, Percentiles { p50: Some(-1800.0), p90: Some(1800.0) });
+        assert_eq!(
+            report.time_to_first_attempt,
+            Percentiles {
+                p50: Some(1800.0),
+                p90: Some(5400.0)
+            }
+        );
+        assert_eq!(
+            report.punctuality,
+            Percentiles {
+                p50: Some(-1800.0),
+                p90: Some(1800.0)
+            }
+        );
         assert_eq!(report.attempts_per_callback, Some(4.0 / 3.0));
     }
 

@@ -60,7 +60,9 @@ pub fn body(notice: Notice, callback: &Callback, public_url: &str, now: DateTime
         "priority": callback.priority,
         "phone": callback.phone.as_str(),
         "customer": callback.customer,
-        "agent_id": callback.agent_id,
+        // A personal callback names its agent until it is offered to the whole queue.
+        "agent_id": callback.offered_agent(),
+        "offered_to": callback.offered_to(),
         "context": callback.context,
         "call": callback.call,
         "window": callback.window,

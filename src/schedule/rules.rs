@@ -15,9 +15,12 @@ use tracing::warn;
 
 use super::calendar::{Calendar, Range};
 use super::country_zones::zone_of_country;
-use crate::config::{CallingWindowConfig, Config, QueueConfig, WeekConfig};
+use crate::config::{CallingWindowConfig, Config, QueueConfig, RetryLimits, WeekConfig};
 use crate::domain::inbound::CallbackRequest;
-use crate::domain::{Callback, Customer, Phone, QueueName};
+use crate::domain::{Callback, Customer, Phone, Priority, QueueName, Window};
+
+/// The span `max_attempts_per_phone_per_day` counts over.
+const PHONE_CAP_SPAN: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// Everything the rules need to know about one queue.
 #[derive(Debug, Clone)]
@@ -32,6 +35,9 @@ pub struct QueuePolicy {
     pub initial_delay: Duration,
     pub retry_delays: Vec<Duration>,
     pub max_attempts: u32,
+    pub retry_limits: RetryLimits,
+    pub max_attempts_per_phone_per_day: Option<u32>,
+    pub personal_fallback: Duration,
     pub open_hours: Calendar,
     pub calling_windows: Arc<CallingWindows>,
 }
@@ -125,6 +131,9 @@ impl QueuePolicy {
             initial_delay: config.initial_delay,
             retry_delays: config.retry_delays.clone(),
             max_attempts: config.max_attempts,
+            retry_limits: config.retry_limits,
+            max_attempts_per_phone_per_day: config.max_attempts_per_phone_per_day,
+            personal_fallback: config.personal_fallback,
             open_hours,
             calling_windows,
         }
@@ -142,15 +151,34 @@ impl QueuePolicy {
         Callee { zone, country }
     }
 
+    /// The callee when no number is known (an estimate without `phone`): the queue's zone
+    /// and the default calling window.
+    pub fn queue_callee(&self) -> Callee {
+        Callee {
+            zone: self.timezone,
+            country: None,
+        }
+    }
+
     /// Due time and deadline for a request made at `now`.
     pub fn plan(&self, request: &CallbackRequest, now: DateTime<Utc>) -> Plan {
         let callee = self.callee(&request.phone, request.customer.as_ref());
-        let window = request.window.as_ref();
+        self.plan_for(&callee, request.priority, request.window.as_ref(), now)
+    }
+
+    /// Due time and deadline for a request from `callee` made at `now`.
+    pub fn plan_for(
+        &self,
+        callee: &Callee,
+        priority: Priority,
+        window: Option<&Window>,
+        now: DateTime<Utc>,
+    ) -> Plan {
         let asap = now + self.initial_delay;
         let wanted = window.map_or(asap, |w| w.not_before.max(asap));
-        let due_at = self.next_callable(wanted, &callee);
+        let due_at = self.next_callable(wanted, callee);
         let sla_start = window.map_or(now, |w| w.not_before.max(now));
-        let target = self.sla.for_priority(request.priority);
+        let target = self.sla.for_priority(priority);
         let counted = self
             .open_hours
             .add_open_time(sla_start, target)
@@ -169,16 +197,56 @@ impl QueuePolicy {
         deadline - self.at_risk_lead
     }
 
+    /// When a personal callback that became due at `due_at` is offered to the whole queue:
+    /// after `personal_fallback` of open time, so its agent's time does not run out overnight.
+    pub fn personal_fallback_at(&self, due_at: DateTime<Utc>) -> DateTime<Utc> {
+        self.open_hours
+            .add_open_time(due_at, self.personal_fallback)
+            .unwrap_or_else(|| due_at + self.personal_fallback)
+    }
+
     /// When to call again after a retryable attempt: the delay for this attempt (the last one
-    /// repeats) with ±10 % jitter, so a wave of no-answers does not return as one wave, then
-    /// moved into both windows.
-    pub fn retry_at(&self, callback: &Callback, now: DateTime<Utc>) -> DateTime<Utc> {
+    /// repeats) with ±10 % jitter, so a wave of no-answers does not return as one wave, no
+    /// earlier than the number's daily cap allows, then moved into both windows.
+    ///
+    /// `phone_attempts`: the times of the attempts to this number, over all its callbacks, in
+    /// the 24 hours up to `now`, the one just made included.
+    pub fn retry_at(
+        &self,
+        callback: &Callback,
+        phone_attempts: &[DateTime<Utc>],
+        now: DateTime<Utc>,
+    ) -> DateTime<Utc> {
         let index =
             (callback.attempts.max(1) as usize - 1).min(self.retry_delays.len().saturating_sub(1));
         let base = self.retry_delays.get(index).copied().unwrap_or_default();
         let delay = base.mul_f64(rand::rng().random_range(0.9..=1.1));
+        let mut wanted = now + delay;
+        if let Some(free) = self.phone_free_at(phone_attempts) {
+            wanted = wanted.max(free);
+        }
         let callee = self.callee(&callback.phone, callback.customer.as_ref());
-        self.next_callable(now + delay, &callee)
+        self.next_callable(wanted, &callee)
+    }
+
+    /// Where the store must look back from for the attempts [`Self::retry_at`] needs, or
+    /// `None` when this queue has no per-number cap (and the store need not look at all).
+    pub fn phone_attempts_since(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.max_attempts_per_phone_per_day
+            .map(|_| now - PHONE_CAP_SPAN)
+    }
+
+    /// When `max_attempts_per_phone_per_day` lets the number be called again, given the times
+    /// of its attempts in the last 24 hours; `None` when it may be called now.
+    pub fn phone_free_at(&self, phone_attempts: &[DateTime<Utc>]) -> Option<DateTime<Utc>> {
+        let cap = self.max_attempts_per_phone_per_day.filter(|&c| c > 0)? as usize;
+        if phone_attempts.len() < cap {
+            return None;
+        }
+        let mut times = phone_attempts.to_vec();
+        times.sort_unstable();
+        // One more call fits once all but the newest `cap - 1` of them are 24 hours old.
+        Some(times[times.len() - cap] + PHONE_CAP_SPAN)
     }
 
     /// The first moment at or after `at` when the queue is open and the callee may be called.

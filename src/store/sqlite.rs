@@ -39,7 +39,8 @@ const OPEN: &str = "state IN ('scheduled', 'due', 'claimed')";
 const CALLBACK_COLUMNS: &str = "id, queue, phone, priority, state, sla, customer, agent_id, \
      context, call_info, window_not_before, window_not_after, requested_at, due_at, deadline, \
      requests, attempts, max_attempts, claimed_by, claimed_at, first_attempt_at, last_outcome, \
-     at_risk_notified, cancel_reason, closed_at, updated_at, next_fire_at";
+     at_risk_notified, cancel_reason, closed_at, updated_at, next_fire_at, no_answer_attempts, \
+     busy_attempts, voicemail_attempts, offered_to_queue_at";
 
 const DELIVERY_COLUMNS: &str = "id, callback_id, queue, notice, url, body, state, tries, \
      next_try_at, last_status, last_error, created_at, delivered_at";
@@ -182,12 +183,16 @@ impl SqliteStore {
                 callback.queue
             )));
         };
-        let notices = lifecycle::attempt(&mut callback, report, policy, now)?;
+        let phone_attempts = match policy.phone_attempts_since(now) {
+            Some(since) => phone_attempts(conn, &callback.phone, since).await?,
+            None => Vec::new(),
+        };
+        let notices = lifecycle::attempt(&mut callback, report, policy, &phone_attempts, now)?;
         self.save(conn, &mut callback, stored_next, &notices, now, effects)
             .await?;
         sqlx::query(
-            "INSERT INTO attempts (callback_id, number, agent_id, outcome, note, at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO attempts (callback_id, number, agent_id, outcome, note, at, phone) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(callback.id.to_string())
         .bind(callback.attempts)
@@ -195,6 +200,7 @@ impl SqliteStore {
         .bind(report.outcome.as_str())
         .bind(&report.note)
         .bind(ms(now))
+        .bind(callback.phone.as_str())
         .execute(&mut *conn)
         .await?;
         Ok(callback)
@@ -774,13 +780,16 @@ impl Store for SqliteStore {
 
     async fn stats(&self) -> Result<Stats> {
         let mut stats = Stats::default();
-        let rows = sqlx::query("SELECT queue, state, count(*) AS n FROM callbacks GROUP BY queue, state")
-            .fetch_all(&self.reader)
-            .await?;
+        let rows =
+            sqlx::query("SELECT queue, state, count(*) AS n FROM callbacks GROUP BY queue, state")
+                .fetch_all(&self.reader)
+                .await?;
         for row in rows {
             let queue = parse_queue(row.get("queue"))?;
             let state = parse_word("state", row.get("state"), State::parse)?;
-            stats.by_state.push((queue, state, row.get::<i64, _>("n") as u64));
+            stats
+                .by_state
+                .push((queue, state, row.get::<i64, _>("n") as u64));
         }
         let rows = sqlx::query(&format!(
             "SELECT queue, min(requested_at) AS oldest FROM callbacks WHERE {OPEN} GROUP BY queue"
@@ -788,7 +797,9 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         for row in rows {
-            stats.oldest_open.push((parse_queue(row.get("queue"))?, from_ms(row.get("oldest"))?));
+            stats
+                .oldest_open
+                .push((parse_queue(row.get("queue"))?, from_ms(row.get("oldest"))?));
         }
         let rows = sqlx::query(&format!(
             "SELECT queue, count(*) AS n FROM callbacks WHERE {OPEN} AND at_risk_notified = 1 \
@@ -797,7 +808,10 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         for row in rows {
-            stats.at_risk.push((parse_queue(row.get("queue"))?, row.get::<i64, _>("n") as u64));
+            stats.at_risk.push((
+                parse_queue(row.get("queue"))?,
+                row.get::<i64, _>("n") as u64,
+            ));
         }
         Ok(stats)
     }
@@ -869,6 +883,8 @@ mod sql {
     pub const FIRE_TIMES: &str = "SELECT next_fire_at, id FROM callbacks \
          WHERE next_fire_at IS NOT NULL AND next_fire_at <= ? \
          ORDER BY next_fire_at, id LIMIT ?";
+    /// Binds: phone, since (exclusive).
+    pub const PHONE_ATTEMPTS: &str = "SELECT at FROM attempts WHERE phone = ? AND at > ?";
     pub const NEXT_DELIVERY_AT: &str =
         "SELECT MIN(next_try_at) FROM deliveries WHERE state = 'pending'";
     pub const HOLD_URL: &str =
@@ -1028,9 +1044,14 @@ fn truncate_callback(c: &mut Callback) {
     ] {
         *at = truncate(*at);
     }
-    for at in [&mut c.claimed_at, &mut c.first_attempt_at, &mut c.closed_at]
-        .into_iter()
-        .flatten()
+    for at in [
+        &mut c.claimed_at,
+        &mut c.first_attempt_at,
+        &mut c.offered_to_queue_at,
+        &mut c.closed_at,
+    ]
+    .into_iter()
+    .flatten()
     {
         *at = truncate(*at);
     }
@@ -1055,6 +1076,20 @@ async fn load_callback(
     row.as_ref().map(callback_from_row).transpose()
 }
 
+/// When `phone` was called after `since`, over all its callbacks in every queue.
+async fn phone_attempts(
+    conn: &mut SqliteConnection,
+    phone: &Phone,
+    since: DateTime<Utc>,
+) -> Result<Vec<DateTime<Utc>>> {
+    let times: Vec<i64> = sqlx::query_scalar(sql::PHONE_ATTEMPTS)
+        .bind(phone.as_str())
+        .bind(ms(since))
+        .fetch_all(&mut *conn)
+        .await?;
+    times.into_iter().map(from_ms).collect()
+}
+
 async fn load_queue(conn: &mut SqliteConnection, id: CallbackId) -> Result<Option<QueueName>> {
     let queue: Option<String> = sqlx::query_scalar("SELECT queue FROM callbacks WHERE id = ?")
         .bind(id.to_string())
@@ -1075,8 +1110,10 @@ async fn upsert_callback(
         "INSERT INTO callbacks (id, queue, phone, priority, state, sla, customer, agent_id, \
            context, call_info, window_not_before, window_not_after, requested_at, due_at, \
            deadline, requests, attempts, max_attempts, claimed_by, claimed_at, first_attempt_at, \
-           last_outcome, at_risk_notified, cancel_reason, closed_at, updated_at, next_fire_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+           last_outcome, at_risk_notified, cancel_reason, closed_at, updated_at, next_fire_at, \
+           no_answer_attempts, busy_attempts, voicemail_attempts, offered_to_queue_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+           ?, ?, ?, ?) \
          ON CONFLICT (id) DO UPDATE SET \
            priority = excluded.priority, state = excluded.state, sla = excluded.sla, \
            customer = excluded.customer, agent_id = excluded.agent_id, \
@@ -1089,7 +1126,11 @@ async fn upsert_callback(
            first_attempt_at = excluded.first_attempt_at, last_outcome = excluded.last_outcome, \
            at_risk_notified = excluded.at_risk_notified, \
            cancel_reason = excluded.cancel_reason, closed_at = excluded.closed_at, \
-           updated_at = excluded.updated_at, next_fire_at = excluded.next_fire_at",
+           updated_at = excluded.updated_at, next_fire_at = excluded.next_fire_at, \
+           no_answer_attempts = excluded.no_answer_attempts, \
+           busy_attempts = excluded.busy_attempts, \
+           voicemail_attempts = excluded.voicemail_attempts, \
+           offered_to_queue_at = excluded.offered_to_queue_at",
     )
     .bind(c.id.to_string())
     .bind(c.queue.as_str())
@@ -1118,6 +1159,10 @@ async fn upsert_callback(
     .bind(c.closed_at.map(ms))
     .bind(ms(c.updated_at))
     .bind(next_fire_at.map(ms))
+    .bind(c.no_answer_attempts)
+    .bind(c.busy_attempts)
+    .bind(c.voicemail_attempts)
+    .bind(c.offered_to_queue_at.map(ms))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -1232,11 +1277,15 @@ fn callback_from_row(row: &SqliteRow) -> Result<(Callback, Option<DateTime<Utc>>
         requests: row.try_get("requests")?,
         attempts: row.try_get("attempts")?,
         max_attempts: row.try_get("max_attempts")?,
+        no_answer_attempts: row.try_get("no_answer_attempts")?,
+        busy_attempts: row.try_get("busy_attempts")?,
+        voicemail_attempts: row.try_get("voicemail_attempts")?,
         claimed_by: row.try_get("claimed_by")?,
         claimed_at: opt_time(row.try_get("claimed_at")?)?,
         first_attempt_at: opt_time(row.try_get("first_attempt_at")?)?,
         last_outcome: opt_word("last_outcome", row.try_get("last_outcome")?, Outcome::parse)?,
         at_risk_notified: row.try_get("at_risk_notified")?,
+        offered_to_queue_at: opt_time(row.try_get("offered_to_queue_at")?)?,
         cancel_reason: opt_word(
             "cancel_reason",
             row.try_get("cancel_reason")?,
@@ -1315,6 +1364,7 @@ mod tests {
             sql::opted_out(3),
             sql::FIRE_TIMES.into(),
             sql::NEXT_DELIVERY_AT.into(),
+            sql::PHONE_ATTEMPTS.into(),
             sql::HOLD_URL.into(),
             sql::open_for_phone(false),
             sql::open_for_phone(true),
