@@ -126,8 +126,9 @@ struct Sizes {
     /// Booked ahead: requests taken in through the worker, then cloned in SQL up to `booked`.
     seeds: u64,
     meanwhile: u64,
-    /// On time: requests per second the worker is assumed to take in, to set the first due
-    /// time late enough that firing is measured on its own (the output says if it was not).
+    /// On time: requests per second the worker is assumed to take in when the backlog scenario
+    /// did not measure it, to set the first due time late enough that firing is measured on
+    /// its own (the output says if it was not).
     assumed_intake_per_sec: f64,
     /// How long the restarted worker runs on the big store before its peak RSS is read, so
     /// periodic work (gauge refresh, timer refills) is included.
@@ -214,10 +215,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if args.quick { "quick" } else { "full" }
     );
     let mut report = Report::default();
+    let mut intake_rate = None;
     if args.scenario.includes(Which::Backlog) {
-        backlog(&env, &sizes, &mut report)
-            .await
-            .context("backlog scenario")?;
+        intake_rate = Some(
+            backlog(&env, &sizes, &mut report)
+                .await
+                .context("backlog scenario")?,
+        );
     }
     if args.scenario.includes(Which::Storm) {
         storm(&env, &sizes, &mut report)
@@ -225,7 +229,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .context("storm scenario")?;
     }
     if args.scenario.includes(Which::Ontime) {
-        ontime(&env, &sizes, &mut report)
+        ontime(&env, &sizes, intake_rate, &mut report)
             .await
             .context("on-time scenario")?;
     }
@@ -245,7 +249,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Scenario 1: backlog drain against the broker's ceiling.
 
-async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
+/// Returns the worker's intake rate (requests stored per second).
+async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<f64> {
     let n = sizes.backlog;
     let rig = Rig::new(env, "backlog").await?;
     let result = async {
@@ -344,7 +349,7 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             kib(worker.peak_rss_kib),
         );
         report.figure("backlog", "SIGTERM to exit", stopped.to_string());
-        Ok(())
+        Ok(worker_rate)
     }
     .await;
     rig.finish(env).await;
@@ -570,14 +575,22 @@ fn slope(samples: &[(f64, u64)]) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Scenario 3: on time.
 
-async fn ontime(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
+/// `intake_rate`: what the backlog scenario measured, if it ran, to leave the worker time to
+/// take every request in before the first one comes due.
+async fn ontime(
+    env: &Env,
+    sizes: &Sizes,
+    intake_rate: Option<f64>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let rig = Rig::new(env, "ontime").await?;
     let result = async {
         let mut worker = rig.spawn_worker()?;
         worker.wait_ready(Duration::from_secs(60)).await?;
         let total = sizes.spread + sizes.burst;
-        let lead =
-            ONTIME_BASE_LEAD + Duration::from_secs_f64(total as f64 / sizes.assumed_intake_per_sec);
+        // Half the measured rate: taking requests in while the timer loads them is slower.
+        let rate = intake_rate.map_or(sizes.assumed_intake_per_sec, |r| (r / 2.0).max(50.0));
+        let lead = ONTIME_BASE_LEAD + Duration::from_secs_f64(total as f64 / rate);
         // Whole milliseconds, as the store keeps them.
         let first_due = ms_floor(Utc::now() + lead);
         let spacing = sizes.spread_over.as_secs_f64() / sizes.spread as f64;
