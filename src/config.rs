@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::domain::{Outcome, Priority, QueueName};
-use crate::schedule::Range;
+use crate::schedule::{Range, Recurring};
 
 /// Exit code for a configuration the worker refuses to start with (BSD `EX_USAGE`).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -180,9 +180,41 @@ pub struct WeekConfig {
     pub sun: Option<Vec<String>>,
     #[serde(default)]
     pub closed: Vec<chrono::NaiveDate>,
+    /// Extra open time, e.g. the first Sunday of the month.
+    #[serde(default)]
+    pub openings: Vec<RecurringConfig>,
+    /// Closed time that wins over the ranges, e.g. a daily team meeting.
+    #[serde(default)]
+    pub closures: Vec<RecurringConfig>,
+}
+
+/// `{ cron = "0 0 12 * * Mon-Fri", lasts = "30m" }`: starts at each occurrence of the cron
+/// expression, in the calendar's zone, and lasts that long.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecurringConfig {
+    pub cron: String,
+    #[serde(with = "humantime_serde")]
+    pub lasts: Duration,
+}
+
+impl RecurringConfig {
+    pub fn parse(&self) -> Result<Recurring, String> {
+        Recurring::parse(&self.cron, self.lasts)
+    }
 }
 
 impl WeekConfig {
+    /// The recurring openings and closures, parsed.
+    pub fn recurring(&self) -> Result<(Vec<Recurring>, Vec<Recurring>), String> {
+        let parse = |list: &[RecurringConfig]| {
+            list.iter()
+                .map(RecurringConfig::parse)
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok((parse(&self.openings)?, parse(&self.closures)?))
+    }
+
     /// The ranges per weekday (Monday first), starting from `base` where this names nothing.
     pub fn days(&self, base: &[Vec<Range>; 7]) -> Result<[Vec<Range>; 7], String> {
         let parse = |list: &Vec<String>| {
@@ -417,6 +449,20 @@ impl Config {
             problems.push("notify.max_tries: must be at least 1".into());
         }
         let no_days: [Vec<Range>; 7] = Default::default();
+        let mut recurring = |at: &str, week: &WeekConfig| {
+            if let Err(e) = week.recurring() {
+                problems.push(format!("{at}: {e}"));
+            }
+        };
+        recurring("calling_window.default", &self.calling_window.default);
+        for (country, week) in &self.calling_window.countries {
+            recurring(&format!("calling_window.countries.{country}"), week);
+        }
+        for (name, queue) in &self.queues {
+            if let Some(hours) = &queue.open_hours {
+                recurring(&format!("queues.{name}.open_hours"), hours);
+            }
+        }
         match self.calling_window.default.days(&no_days) {
             Err(e) => problems.push(format!("calling_window.default: {e}")),
             Ok(base) => {

@@ -116,12 +116,18 @@ proptest! {
         minute_of_period in 0i64..(2 * 365 * 24 * 60),
         sla_minutes in 1u64..(3 * 24 * 60),
         caller_window in prop::option::of((0i64..(3 * 24 * 60), 1i64..(5 * 24 * 60))),
+        recurring in 0u8..3,
     ) {
         let calling = match window {
             Some((start, len)) => format!("every_day = [\"{}-{}\"]", hhmm(start * 15), hhmm(((start + len) * 15) % 1440)),
             None => "every_day = [\"08:00-21:00\"]".into(),
         };
-        let rules = rules(queue_zone, &format!("[queues.q.open_hours]\n{hours}"), &calling, sla_minutes);
+        let recurring = match recurring {
+            0 => "",
+            1 => "closures = [{ cron = \"0 0 12 * * Mon-Fri\", lasts = \"45m\" }]\n",
+            _ => "openings = [{ cron = \"0 30 6 * * Sun\", lasts = \"5h\" }]\nclosures = [{ cron = \"0 0 0 1 * *\", lasts = \"1day\" }]\n",
+        };
+        let rules = rules(queue_zone, &format!("[queues.q.open_hours]\n{hours}{recurring}"), &calling, sla_minutes);
         let policy = policy(&rules);
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::minutes(minute_of_period);
         let window = caller_window.map(|(offset, len)| Window {

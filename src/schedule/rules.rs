@@ -13,7 +13,7 @@ use rand::Rng;
 use secrecy::SecretString;
 use tracing::warn;
 
-use super::calendar::{Calendar, Range};
+use super::calendar::{Calendar, Range, Recurring};
 use super::country_zones::zone_of_country;
 use crate::config::{CallingWindowConfig, Config, QueueConfig, RetryLimits, WeekConfig};
 use crate::domain::inbound::CallbackRequest;
@@ -61,6 +61,8 @@ pub struct Callee {
 struct Week {
     days: [Vec<Range>; 7],
     closed: BTreeSet<NaiveDate>,
+    openings: Vec<Recurring>,
+    closures: Vec<Recurring>,
 }
 
 impl Week {
@@ -70,11 +72,20 @@ impl Week {
             .days(&base.days)
             .unwrap_or_else(|_| base.days.clone());
         let closed = base.closed.iter().chain(&config.closed).copied().collect();
-        Self { days, closed }
+        let (mut openings, mut closures) = config.recurring().unwrap_or_default();
+        openings.extend(base.openings.iter().cloned());
+        closures.extend(base.closures.iter().cloned());
+        Self {
+            days,
+            closed,
+            openings,
+            closures,
+        }
     }
 
     fn in_zone(&self, zone: Tz) -> Calendar {
         Calendar::weekly(zone, self.days.clone(), self.closed.clone())
+            .with_recurring(self.openings.clone(), self.closures.clone())
     }
 }
 
