@@ -246,6 +246,22 @@ impl WeekConfig {
 pub struct CallingWindowConfig {
     pub default: WeekConfig,
     pub countries: BTreeMap<String, WeekConfig>,
+    /// Parts of a country told apart by number prefix (a US state by its area codes), each
+    /// applied on top of its country's window.
+    pub regions: BTreeMap<String, RegionConfig>,
+}
+
+/// A region: the E.164 prefixes that belong to it, its zone when numbers there have one, and
+/// its window on top of the country's.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// E.164 prefixes, e.g. `["+1305", "+1786"]`; the longest matching prefix wins.
+    pub prefixes: Vec<String>,
+    /// The callee's zone for these numbers when the request names none.
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub window: WeekConfig,
 }
 
 impl Default for CallingWindowConfig {
@@ -256,6 +272,7 @@ impl Default for CallingWindowConfig {
                 ..WeekConfig::default()
             },
             countries: BTreeMap::new(),
+            regions: BTreeMap::new(),
         }
     }
 }
@@ -461,6 +478,31 @@ impl Config {
         for (name, queue) in &self.queues {
             if let Some(hours) = &queue.open_hours {
                 recurring(&format!("queues.{name}.open_hours"), hours);
+            }
+        }
+        for (region, config) in &self.calling_window.regions {
+            let at = format!("calling_window.regions.{region}");
+            if let Err(e) = config.window.recurring() {
+                problems.push(format!("{at}.window: {e}"));
+            }
+            if config.prefixes.is_empty() {
+                problems.push(format!(
+                    "{at}.prefixes: list the E.164 prefixes of the region, e.g. [\"+1305\"]"
+                ));
+            }
+            for prefix in &config.prefixes {
+                let digits = prefix.strip_prefix('+').unwrap_or("");
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    problems.push(format!("{at}.prefixes: '{prefix}' is not '+' and digits"));
+                }
+            }
+            if let Some(tz) = &config.timezone {
+                if tz.parse::<chrono_tz::Tz>().is_err() {
+                    problems.push(format!("{at}.timezone: '{tz}' is not an IANA time zone"));
+                }
+            }
+            if let Err(e) = config.window.days(&Default::default()) {
+                problems.push(format!("{at}.window: {e}"));
             }
         }
         match self.calling_window.default.days(&no_days) {

@@ -326,3 +326,40 @@ fn per_country_windows_apply_to_numbers_from_that_country() {
     let plan = policy(&rules).plan(&req, local(zone, "2026-11-29 12:00"));
     assert_eq!(plan.due_at, local(zone, "2026-11-30 08:00"));
 }
+
+#[test]
+fn a_region_told_apart_by_prefix_gets_its_own_stricter_window_and_zone() {
+    let text = r#"
+        [calling_window.default]
+        every_day = ["08:00-21:00"]
+        [calling_window.regions.us-fl]
+        prefixes = ["+1305", "+1786"]
+        timezone = "America/New_York"
+        window = { every_day = ["08:00-20:00"] }
+        [queues.q]
+        webhook_url = "http://127.0.0.1:9/hooks"
+        signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+        timezone = "Europe/Amsterdam"
+        sla = { normal = "4h", high = "1h", urgent = "15m" }
+    "#;
+    let rules = Rules::from_config(&Config::from_toml_with_env(text, []).unwrap());
+    let ny = chrono_tz::America::New_York;
+    let evening = local(ny, "2026-11-24 20:30");
+    let mut miami = request("America/New_York", None);
+    miami.phone = Phone::parse("+13056781234").unwrap();
+    miami.customer = None; // the zone comes from the region
+    let plan = policy(&rules).plan(&miami, evening);
+    assert_eq!(
+        plan.due_at,
+        local(ny, "2026-11-25 08:00"),
+        "Florida's 20:00 limit applies"
+    );
+
+    let mut manhattan = request("America/New_York", None);
+    manhattan.phone = Phone::parse("+12127364000").unwrap();
+    let plan = policy(&rules).plan(&manhattan, evening);
+    assert_eq!(
+        plan.due_at, evening,
+        "elsewhere the default 21:00 limit applies"
+    );
+}
