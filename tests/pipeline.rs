@@ -246,18 +246,7 @@ async fn cancel_and_opt_out() {
         )
         .await
         .unwrap();
-    let store = app.store.clone();
-    let two_open = common::wait_for(WAIT, || {
-        let store = store.clone();
-        async move {
-            store
-                .list(&Default::default())
-                .await
-                .map(|l| l.len() == 2)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    let two_open = app.wait_stored(2, WAIT).await;
     assert!(two_open);
 
     app.ivr
@@ -402,18 +391,7 @@ async fn a_request_made_while_the_queue_is_closed_is_not_notified_until_it_opens
         )
         .await
         .unwrap();
-    let store = app.store.clone();
-    let stored = common::wait_for(WAIT, || {
-        let store = store.clone();
-        async move {
-            store
-                .list(&Default::default())
-                .await
-                .map(|l| l.len() == 1)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    let stored = app.wait_stored(1, WAIT).await;
     assert!(stored);
     let (_, list) = app.get("/v1/callbacks").await;
     let monday_nine = amsterdam
