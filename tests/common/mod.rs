@@ -93,6 +93,7 @@ pub fn config_text(
         queue = "{names}.intake"
         dead_letter_exchange = "{names}.dlx"
         dead_letter_queue = "{names}.dead"
+        events_exchange = "{names}.events"
         reconnect_max_delay = "1s"
         [store]
         url = "sqlite://{db}"
@@ -269,7 +270,11 @@ pub async fn delete_topology(names: &str) {
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    for exchange in [names.to_string(), format!("{names}.dlx")] {
+    for exchange in [
+        names.to_string(),
+        format!("{names}.dlx"),
+        format!("{names}.events"),
+    ] {
         let _ = channel
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await;
