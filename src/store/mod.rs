@@ -139,6 +139,9 @@ pub struct Erased {
     /// Deliveries of those callbacks, and any other whose body holds the number.
     pub deliveries: u64,
     pub event_outbox: u64,
+    /// Fields of other numbers' callbacks and attempts (context, customer, call, note) in which
+    /// the number was written out, now replaced by `[erased]`.
+    pub redacted: u64,
     /// Whether an opt-out for the number exists and was kept: erasing it would let the number
     /// be called again, which is the opposite of what the person asked for.
     pub opt_out_kept: bool,

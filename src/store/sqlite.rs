@@ -79,7 +79,13 @@ impl SqliteStore {
             // would vanish with it.
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(base.clone().journal_mode(SqliteJournalMode::Wal))
+            .connect_with(
+                base.clone()
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // Zero what is deleted or overwritten, so an erased phone number does not
+                    // linger in free space of the file (old row versions, index entries).
+                    .pragma("secure_delete", "ON"),
+            )
             .await?;
         // An in-memory database exists once per connection set; share the writer for reads.
         let reader = if in_memory {
@@ -965,44 +971,81 @@ impl Store for SqliteStore {
     }
 
     async fn erase_phone(&self, phone: &Phone) -> Result<Erased> {
-        let mut tx = self.begin_write().await?;
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM callbacks WHERE phone = ?")
-            .bind(phone.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut erased = Erased::default();
-        for chunk in ids.chunks(sql::CHUNK) {
-            erased.attempts += delete_where_in(&mut tx, "attempts", "callback_id", chunk).await?;
-            erased.deliveries +=
-                delete_where_in(&mut tx, "deliveries", "callback_id", chunk).await?;
-            erased.event_outbox +=
-                delete_where_in(&mut tx, "event_outbox", "callback_id", chunk).await?;
+        // The writer runs with `secure_delete`, so deleted rows are zeroed in the file.
+        let mut conn = self.writer.acquire().await?;
+        let erased = erase_in(&mut conn, phone).await?;
+        // Older copies of the pages live on in the WAL until a checkpoint: copy the erased
+        // pages into the database and empty the WAL. Best effort (a long read may hold it).
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut *conn)
+            .await
+        {
+            warn!(%error, "Could not checkpoint the WAL after an erasure.");
         }
-        // Attempts carry the number too; none should be left, but the number must not be.
-        erased.attempts += sqlx::query("DELETE FROM attempts WHERE phone = ?")
-            .bind(phone.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        // Another callback's webhook body may name the number (in its context): a full scan,
-        // acceptable for a rare request that must leave no trace.
-        erased.deliveries += sqlx::query("DELETE FROM deliveries WHERE instr(body, ?) > 0")
-            .bind(phone.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        for chunk in ids.chunks(sql::CHUNK) {
-            erased.callbacks += delete_where_in(&mut tx, "callbacks", "id", chunk).await?;
-        }
-        // The opt-out stays: erasing it would let the number be called again.
-        erased.opt_out_kept =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM opt_outs WHERE phone = ?)")
-                .bind(phone.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-        tx.commit().await?;
         Ok(erased)
     }
+}
+
+/// What an erased number is replaced with in other callbacks' free text.
+const ERASED: &str = "[erased]";
+
+/// Deletes every trace of `phone` but its opt-out, in one transaction on `conn`.
+async fn erase_in(conn: &mut SqliteConnection, phone: &Phone) -> Result<Erased> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM callbacks WHERE phone = ?")
+        .bind(phone.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut erased = Erased::default();
+    for chunk in ids.chunks(sql::CHUNK) {
+        erased.attempts += delete_where_in(&mut tx, "attempts", "callback_id", chunk).await?;
+        erased.deliveries += delete_where_in(&mut tx, "deliveries", "callback_id", chunk).await?;
+        erased.event_outbox +=
+            delete_where_in(&mut tx, "event_outbox", "callback_id", chunk).await?;
+    }
+    // Attempts carry the number too; none should be left, but the number must not be.
+    erased.attempts += sqlx::query("DELETE FROM attempts WHERE phone = ?")
+        .bind(phone.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    // Another callback's webhook body may name the number (in its context): a full scan,
+    // acceptable for a rare request that must leave no trace.
+    erased.deliveries += sqlx::query("DELETE FROM deliveries WHERE instr(body, ?) > 0")
+        .bind(phone.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    for chunk in ids.chunks(sql::CHUNK) {
+        erased.callbacks += delete_where_in(&mut tx, "callbacks", "id", chunk).await?;
+    }
+    // Other numbers' callbacks are not ours to delete, but free text they carry (context,
+    // customer, call, attempt notes) may name this number: blank it out there.
+    for (table, columns) in [
+        ("callbacks", &["context", "customer", "call_info"][..]),
+        ("attempts", &["note"][..]),
+    ] {
+        for column in columns {
+            erased.redacted += sqlx::query(&format!(
+                "UPDATE {table} SET {column} = replace({column}, ?1, ?2) \
+                 WHERE instr({column}, ?1) > 0"
+            ))
+            .bind(phone.as_str())
+            .bind(ERASED)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+    }
+    // The opt-out stays: erasing it would let the number be called again.
+    erased.opt_out_kept =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM opt_outs WHERE phone = ?)")
+            .bind(phone.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(erased)
 }
 
 /// Deletes the rows of `table` whose `column` is one of `values` (at most [`sql::CHUNK`]).
