@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -27,6 +28,7 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     pub notify: NotifyConfig,
     pub intake: IntakeConfig,
+    pub retention: RetentionConfig,
     /// How long SIGTERM waits for in-flight work before giving up on it.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -46,6 +48,9 @@ pub struct AmqpConfig {
     pub queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// Topic exchange lifecycle events go out on (routing key = event type), declared durable
+    /// with the rest of the topology.
+    pub events_exchange: String,
     /// Unacked deliveries the broker may hand us at once.
     pub prefetch: u16,
     #[serde(with = "humantime_serde")]
@@ -102,6 +107,26 @@ pub struct IntakeConfig {
     /// How long `contact.opted_out` refuses new requests for that number.
     #[serde(with = "humantime_serde")]
     pub opt_out_period: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Completed, failed, cancelled and expired callbacks (with their attempts, deliveries and
+    /// events) are purged this long after they closed; idempotency keys this long after they
+    /// were applied.
+    #[serde(with = "humantime_serde")]
+    pub closed_after: Duration,
+    /// When the purge runs: a cron expression with seconds, in UTC —
+    /// `sec min hour day-of-month month day-of-week` (e.g. `0 30 3 * * *`, daily at 03:30).
+    pub schedule: String,
+}
+
+impl RetentionConfig {
+    /// The parsed schedule; `validate` has checked it.
+    pub fn cron(&self) -> Result<cron::Schedule, String> {
+        cron::Schedule::from_str(&self.schedule).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -323,6 +348,7 @@ impl Default for Config {
             schedule: ScheduleConfig::default(),
             notify: NotifyConfig::default(),
             intake: IntakeConfig::default(),
+            retention: RetentionConfig::default(),
             drain_timeout: Duration::from_secs(20),
             calling_window: CallingWindowConfig::default(),
             queues: BTreeMap::new(),
@@ -339,6 +365,7 @@ impl Default for AmqpConfig {
             queue: "callkeeper.intake".into(),
             dead_letter_exchange: "callkeeper.dlx".into(),
             dead_letter_queue: "callkeeper.dead".into(),
+            events_exchange: "callkeeper.events".into(),
             prefetch: 256,
             reconnect_max_delay: Duration::from_secs(30),
         }
@@ -388,6 +415,15 @@ impl Default for IntakeConfig {
     fn default() -> Self {
         Self {
             opt_out_period: Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            closed_after: Duration::from_secs(90 * 24 * 3600),
+            schedule: "0 30 3 * * *".into(),
         }
     }
 }
@@ -461,6 +497,19 @@ impl Config {
         }
         if self.notify.max_in_flight == 0 || self.notify.max_in_flight_per_endpoint == 0 {
             problems.push("notify.max_in_flight*: must be at least 1".into());
+        }
+        if self.amqp.events_exchange.is_empty() {
+            problems.push("amqp.events_exchange: must not be empty".into());
+        }
+        if let Err(e) = self.retention.cron() {
+            problems.push(format!(
+                "retention.schedule: '{}' is not a cron expression \
+                 (sec min hour day month weekday): {e}",
+                self.retention.schedule
+            ));
+        }
+        if self.retention.closed_after < Duration::from_secs(3600) {
+            problems.push("retention.closed_after: must be at least 1h".into());
         }
         if self.notify.max_tries == 0 {
             problems.push("notify.max_tries: must be at least 1".into());
@@ -807,6 +856,32 @@ mod tests {
         let config =
             Config::from_toml_with_env(include_str!("../deploy/callkeeper.toml"), []).unwrap();
         assert!(config.queues.contains_key("support"));
+    }
+
+    #[test]
+    fn retention_and_events_keys_default_and_are_checked() {
+        let config = Config::from_toml_with_env(QUEUE, []).unwrap();
+        assert_eq!(config.amqp.events_exchange, "callkeeper.events");
+        assert_eq!(
+            config.retention.closed_after,
+            Duration::from_secs(90 * 24 * 3600)
+        );
+        assert!(config.retention.cron().is_ok());
+        let text = format!(
+            "{QUEUE}\n[retention]\nclosed_after = \"30days\"\nschedule = \"0 0 4 * * Sun\"\n"
+        );
+        let config = Config::from_toml_with_env(&text, []).unwrap();
+        assert_eq!(
+            config.retention.closed_after,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        let text =
+            format!("{QUEUE}\n[retention]\nclosed_after = \"10m\"\nschedule = \"30 3 * * *\"\n");
+        let err = Config::from_toml_with_env(&text, [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention.schedule"), "{err}");
+        assert!(err.contains("retention.closed_after"), "{err}");
     }
 
     #[test]

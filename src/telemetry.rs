@@ -114,6 +114,7 @@ pub async fn refresh_store_gauges(
                 continue;
             }
         };
+        metrics::gauge!("callkeeper_events_outbox_pending").set(stats.event_backlog as f64);
         let now = clock.now();
         // Every label set is written each round, zeros included, so a drained state reads 0
         // rather than its last value.
@@ -234,5 +235,56 @@ pub fn describe_metrics() {
     describe_counter!(
         "callkeeper_store_errors_total",
         "Store operations that failed, by operation."
+    );
+    describe_counter!(
+        "callkeeper_callback_events_total",
+        "Lifecycle events committed, by queue and event: requested, merged, due, claimed, \
+         attempted, missed, completed, failed, cancelled, expired."
+    );
+    describe_counter!(
+        "callkeeper_sla_met_total",
+        "Callbacks whose first attempt came by the deadline, by queue and priority."
+    );
+    describe_counter!(
+        "callkeeper_sla_missed_total",
+        "Callbacks whose deadline passed before the first attempt, by queue and priority."
+    );
+    describe_histogram!(
+        "callkeeper_time_to_first_attempt_seconds",
+        Unit::Seconds,
+        "Time from the request to the first attempt, per queue."
+    );
+    describe_counter!(
+        "callkeeper_retries_total",
+        "Attempts after which the callback was scheduled again, by queue and outcome."
+    );
+    describe_histogram!(
+        "callkeeper_firing_lateness_seconds",
+        Unit::Seconds,
+        "How long after its due time a callback became due (was fired)."
+    );
+    describe_counter!(
+        "callkeeper_events_published_total",
+        "Lifecycle events published to the events exchange and confirmed by the broker."
+    );
+    describe_gauge!(
+        "callkeeper_events_outbox_pending",
+        "Lifecycle events in the outbox waiting for the broker."
+    );
+    describe_gauge!(
+        "callkeeper_events_connected",
+        "1 while the events publisher is connected to RabbitMQ, else 0."
+    );
+    describe_counter!(
+        "callkeeper_events_reconnects_total",
+        "Reconnections of the events publisher after a lost connection."
+    );
+    describe_counter!(
+        "callkeeper_retention_purged_total",
+        "Rows removed by the retention purge, by table."
+    );
+    describe_counter!(
+        "callkeeper_erasures_total",
+        "Phone numbers erased on request (DELETE /v1/contacts/{phone})."
     );
 }

@@ -102,7 +102,11 @@ pub async fn delete(channel: &Channel, config: &AmqpConfig) -> lapin::Result<()>
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
     }
-    for exchange in [&config.exchange, &config.dead_letter_exchange] {
+    for exchange in [
+        &config.exchange,
+        &config.dead_letter_exchange,
+        &config.events_exchange,
+    ] {
         channel
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await?;

@@ -94,6 +94,10 @@ impl Timer {
                         self.take_hint((next, id));
                     }
                 }
+                // Erased (right to erasure) while its fire time was in hand: nothing left to do.
+                Err(crate::store::StoreError::NotFound) => {
+                    debug!(callback_id = %id, "Callback is gone; dropped from the timer.");
+                }
                 Err(error) => {
                     warn!(callback_id = %id, %error, "Could not step callback; will retry.");
                     self.pending.insert((now + RETRY_AFTER, id));

@@ -93,6 +93,7 @@ pub fn config_text(
         queue = "{names}.intake"
         dead_letter_exchange = "{names}.dlx"
         dead_letter_queue = "{names}.dead"
+        events_exchange = "{names}.events"
         reconnect_max_delay = "1s"
         [store]
         url = "sqlite://{db}"
@@ -279,6 +280,7 @@ pub async fn delete_topology(names: &str) {
         queue: format!("{names}.intake"),
         dead_letter_exchange: format!("{names}.dlx"),
         dead_letter_queue: format!("{names}.dead"),
+        events_exchange: format!("{names}.events"),
         ..Default::default()
     };
     let Ok(connection) = lapin::Connection::connect(AMQP_URL, Default::default()).await else {
