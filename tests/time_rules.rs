@@ -78,6 +78,19 @@ fn open_minutes(policy: &QueuePolicy, from: DateTime<Utc>, until: DateTime<Utc>)
     minutes
 }
 
+/// Whether the queue's hours and the callee's window share any quarter hour in the year after
+/// `from`, checked one quarter hour at a time.
+fn windows_meet(
+    policy: &QueuePolicy,
+    window: &callkeeper::schedule::Calendar,
+    from: DateTime<Utc>,
+) -> bool {
+    (0..366 * 96).any(|quarter| {
+        let t = from + Duration::minutes(15 * quarter);
+        policy.open_hours.is_open(t) && window.is_open(t)
+    })
+}
+
 fn hhmm(minutes: u32) -> String {
     format!("{:02}:{:02}", minutes / 60, minutes % 60)
 }
@@ -140,7 +153,12 @@ proptest! {
         let callee_window = policy.calling_windows.calendar(&callee);
 
         prop_assert!(plan.due_at >= now);
-        prop_assert!(policy.open_hours.is_open(plan.due_at), "due {} outside open hours", plan.due_at);
+        // When the queue's hours never meet the callee's window, the callee's window wins and the
+        // callback escalates; otherwise the due time is inside both.
+        prop_assert!(
+            policy.open_hours.is_open(plan.due_at) || !windows_meet(policy, &callee_window, now),
+            "due {} outside open hours", plan.due_at
+        );
         prop_assert!(callee_window.is_open(plan.due_at), "due {} outside the callee window", plan.due_at);
         if let Some(w) = window {
             prop_assert!(plan.due_at >= w.not_before);

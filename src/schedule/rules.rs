@@ -325,9 +325,13 @@ impl QueuePolicy {
     pub fn next_callable(&self, at: DateTime<Utc>, callee: &Callee) -> DateTime<Utc> {
         let window = self.calling_windows.calendar(callee);
         let mut t = at;
-        // Alternate until both agree; each step only moves forward, and config validation
-        // guarantees both calendars open, so this settles within a few rounds.
-        for _ in 0..64 {
+        // The first time the callee may be called once the queue has opened: the fallback when
+        // the two never overlap.
+        let mut fallback = None;
+        // Alternate until both agree; each round moves strictly forward. Searching over a year
+        // finds any overlap, seasonal ones (DST shifting one zone against the other) included.
+        let give_up_at = at + chrono::Duration::days(400);
+        while t < give_up_at {
             let Some(open) = self.open_hours.next_open(t) else {
                 break;
             };
@@ -337,10 +341,14 @@ impl QueuePolicy {
             if callable == open {
                 return open;
             }
+            fallback.get_or_insert(callable);
             t = callable;
         }
-        warn!(queue = %self.name, "Open hours and calling window never overlap; using the earliest time.");
-        t
+        // The callee may never be called while this queue is open. Never call at an indecent
+        // hour: take the callee's first callable time after the queue opens; the deadline then
+        // passes and escalates, so a supervisor decides.
+        warn!(queue = %self.name, "Open hours never overlap the callee's calling window; the callback will escalate.");
+        fallback.unwrap_or(at)
     }
 }
 
