@@ -1455,9 +1455,10 @@ async fn every_write_path_puts_its_lifecycle_events_in_the_outbox() {
         .record_attempt(id, &report("a1", Outcome::NoAnswer), t0() + mins(1))
         .await
         .unwrap();
-    h.store.advance(id, t0() + mins(11)).await.unwrap();
+    // The 10-minute retry delay carries up to 10 % jitter: step past its latest due time.
+    h.store.advance(id, t0() + mins(13)).await.unwrap();
     h.store
-        .record_attempt(id, &report("a1", Outcome::Busy), t0() + mins(12))
+        .record_attempt(id, &report("a1", Outcome::Busy), t0() + mins(14))
         .await
         .unwrap();
     assert_eq!(
