@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument as _};
 
 use crate::clock::SharedClock;
 use crate::domain::CallbackId;
@@ -82,7 +82,8 @@ impl Timer {
             }
             self.pending.pop_first();
             fired += 1;
-            match self.store.advance(id, now).await {
+            let span = tracing::debug_span!("callback", callback_id = %id);
+            match self.store.advance(id, now).instrument(span).await {
                 Ok(advanced) => {
                     let lateness = (now - at).to_std().unwrap_or_default();
                     metrics::histogram!("callkeeper_timer_lateness_seconds")
