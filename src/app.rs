@@ -106,6 +106,16 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
     let token = shutdown.child_token();
     tasks.spawn(async move { ("notify", notifier.run(token).await) });
 
+    let publisher =
+        crate::events::Publisher::new(config.amqp.clone(), store.clone(), receivers.events.clone());
+    let token = shutdown.child_token();
+    tasks.spawn(async move { ("events", publisher.run(token).await) });
+
+    let retention =
+        crate::retention::Retention::new(store.clone(), clock.clone(), config.retention.clone());
+    let token = shutdown.child_token();
+    tasks.spawn(async move { ("retention", retention.run(token).await) });
+
     let token = shutdown.child_token();
     let gauges =
         telemetry::refresh_store_gauges(store.clone(), rules.clone(), clock.clone(), token);

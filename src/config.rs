@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -11,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::domain::{Outcome, Priority, QueueName};
-use crate::schedule::Range;
+use crate::schedule::{Range, Recurring};
 
 /// Exit code for a configuration the worker refuses to start with (BSD `EX_USAGE`).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -27,6 +28,7 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     pub notify: NotifyConfig,
     pub intake: IntakeConfig,
+    pub retention: RetentionConfig,
     /// How long SIGTERM waits for in-flight work before giving up on it.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -46,6 +48,9 @@ pub struct AmqpConfig {
     pub queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// Topic exchange lifecycle events go out on (routing key = event type), declared durable
+    /// with the rest of the topology.
+    pub events_exchange: String,
     /// Unacked deliveries the broker may hand us at once.
     pub prefetch: u16,
     #[serde(with = "humantime_serde")]
@@ -102,6 +107,26 @@ pub struct IntakeConfig {
     /// How long `contact.opted_out` refuses new requests for that number.
     #[serde(with = "humantime_serde")]
     pub opt_out_period: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Completed, failed, cancelled and expired callbacks (with their attempts, deliveries and
+    /// events) are purged this long after they closed; idempotency keys this long after they
+    /// were applied.
+    #[serde(with = "humantime_serde")]
+    pub closed_after: Duration,
+    /// When the purge runs: a cron expression with seconds, in UTC —
+    /// `sec min hour day-of-month month day-of-week` (e.g. `0 30 3 * * *`, daily at 03:30).
+    pub schedule: String,
+}
+
+impl RetentionConfig {
+    /// The parsed schedule; `validate` has checked it.
+    pub fn cron(&self) -> Result<cron::Schedule, String> {
+        cron::Schedule::from_str(&self.schedule).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,9 +205,41 @@ pub struct WeekConfig {
     pub sun: Option<Vec<String>>,
     #[serde(default)]
     pub closed: Vec<chrono::NaiveDate>,
+    /// Extra open time, e.g. the first Sunday of the month.
+    #[serde(default)]
+    pub openings: Vec<RecurringConfig>,
+    /// Closed time that wins over the ranges, e.g. a daily team meeting.
+    #[serde(default)]
+    pub closures: Vec<RecurringConfig>,
+}
+
+/// `{ cron = "0 0 12 * * Mon-Fri", lasts = "30m" }`: starts at each occurrence of the cron
+/// expression, in the calendar's zone, and lasts that long.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecurringConfig {
+    pub cron: String,
+    #[serde(with = "humantime_serde")]
+    pub lasts: Duration,
+}
+
+impl RecurringConfig {
+    pub fn parse(&self) -> Result<Recurring, String> {
+        Recurring::parse(&self.cron, self.lasts)
+    }
 }
 
 impl WeekConfig {
+    /// The recurring openings and closures, parsed.
+    pub fn recurring(&self) -> Result<(Vec<Recurring>, Vec<Recurring>), String> {
+        let parse = |list: &[RecurringConfig]| {
+            list.iter()
+                .map(RecurringConfig::parse)
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok((parse(&self.openings)?, parse(&self.closures)?))
+    }
+
     /// The ranges per weekday (Monday first), starting from `base` where this names nothing.
     pub fn days(&self, base: &[Vec<Range>; 7]) -> Result<[Vec<Range>; 7], String> {
         let parse = |list: &Vec<String>| {
@@ -214,6 +271,22 @@ impl WeekConfig {
 pub struct CallingWindowConfig {
     pub default: WeekConfig,
     pub countries: BTreeMap<String, WeekConfig>,
+    /// Parts of a country told apart by number prefix (a US state by its area codes), each
+    /// applied on top of its country's window.
+    pub regions: BTreeMap<String, RegionConfig>,
+}
+
+/// A region: the E.164 prefixes that belong to it, its zone when numbers there have one, and
+/// its window on top of the country's.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// E.164 prefixes, e.g. `["+1305", "+1786"]`; the longest matching prefix wins.
+    pub prefixes: Vec<String>,
+    /// The callee's zone for these numbers when the request names none.
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub window: WeekConfig,
 }
 
 impl Default for CallingWindowConfig {
@@ -224,6 +297,7 @@ impl Default for CallingWindowConfig {
                 ..WeekConfig::default()
             },
             countries: BTreeMap::new(),
+            regions: BTreeMap::new(),
         }
     }
 }
@@ -274,6 +348,7 @@ impl Default for Config {
             schedule: ScheduleConfig::default(),
             notify: NotifyConfig::default(),
             intake: IntakeConfig::default(),
+            retention: RetentionConfig::default(),
             drain_timeout: Duration::from_secs(20),
             calling_window: CallingWindowConfig::default(),
             queues: BTreeMap::new(),
@@ -290,6 +365,7 @@ impl Default for AmqpConfig {
             queue: "callkeeper.intake".into(),
             dead_letter_exchange: "callkeeper.dlx".into(),
             dead_letter_queue: "callkeeper.dead".into(),
+            events_exchange: "callkeeper.events".into(),
             prefetch: 256,
             reconnect_max_delay: Duration::from_secs(30),
         }
@@ -339,6 +415,15 @@ impl Default for IntakeConfig {
     fn default() -> Self {
         Self {
             opt_out_period: Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            closed_after: Duration::from_secs(90 * 24 * 3600),
+            schedule: "0 30 3 * * *".into(),
         }
     }
 }
@@ -413,10 +498,62 @@ impl Config {
         if self.notify.max_in_flight == 0 || self.notify.max_in_flight_per_endpoint == 0 {
             problems.push("notify.max_in_flight*: must be at least 1".into());
         }
+        if self.amqp.events_exchange.is_empty() {
+            problems.push("amqp.events_exchange: must not be empty".into());
+        }
+        if let Err(e) = self.retention.cron() {
+            problems.push(format!(
+                "retention.schedule: '{}' is not a cron expression \
+                 (sec min hour day month weekday): {e}",
+                self.retention.schedule
+            ));
+        }
+        if self.retention.closed_after < Duration::from_secs(3600) {
+            problems.push("retention.closed_after: must be at least 1h".into());
+        }
         if self.notify.max_tries == 0 {
             problems.push("notify.max_tries: must be at least 1".into());
         }
         let no_days: [Vec<Range>; 7] = Default::default();
+        let mut recurring = |at: &str, week: &WeekConfig| {
+            if let Err(e) = week.recurring() {
+                problems.push(format!("{at}: {e}"));
+            }
+        };
+        recurring("calling_window.default", &self.calling_window.default);
+        for (country, week) in &self.calling_window.countries {
+            recurring(&format!("calling_window.countries.{country}"), week);
+        }
+        for (name, queue) in &self.queues {
+            if let Some(hours) = &queue.open_hours {
+                recurring(&format!("queues.{name}.open_hours"), hours);
+            }
+        }
+        for (region, config) in &self.calling_window.regions {
+            let at = format!("calling_window.regions.{region}");
+            if let Err(e) = config.window.recurring() {
+                problems.push(format!("{at}.window: {e}"));
+            }
+            if config.prefixes.is_empty() {
+                problems.push(format!(
+                    "{at}.prefixes: list the E.164 prefixes of the region, e.g. [\"+1305\"]"
+                ));
+            }
+            for prefix in &config.prefixes {
+                let digits = prefix.strip_prefix('+').unwrap_or("");
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    problems.push(format!("{at}.prefixes: '{prefix}' is not '+' and digits"));
+                }
+            }
+            if let Some(tz) = &config.timezone {
+                if tz.parse::<chrono_tz::Tz>().is_err() {
+                    problems.push(format!("{at}.timezone: '{tz}' is not an IANA time zone"));
+                }
+            }
+            if let Err(e) = config.window.days(&Default::default()) {
+                problems.push(format!("{at}.window: {e}"));
+            }
+        }
         match self.calling_window.default.days(&no_days) {
             Err(e) => problems.push(format!("calling_window.default: {e}")),
             Ok(base) => {
@@ -719,6 +856,32 @@ mod tests {
         let config =
             Config::from_toml_with_env(include_str!("../deploy/callkeeper.toml"), []).unwrap();
         assert!(config.queues.contains_key("support"));
+    }
+
+    #[test]
+    fn retention_and_events_keys_default_and_are_checked() {
+        let config = Config::from_toml_with_env(QUEUE, []).unwrap();
+        assert_eq!(config.amqp.events_exchange, "callkeeper.events");
+        assert_eq!(
+            config.retention.closed_after,
+            Duration::from_secs(90 * 24 * 3600)
+        );
+        assert!(config.retention.cron().is_ok());
+        let text = format!(
+            "{QUEUE}\n[retention]\nclosed_after = \"30days\"\nschedule = \"0 0 4 * * Sun\"\n"
+        );
+        let config = Config::from_toml_with_env(&text, []).unwrap();
+        assert_eq!(
+            config.retention.closed_after,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        let text =
+            format!("{QUEUE}\n[retention]\nclosed_after = \"10m\"\nschedule = \"30 3 * * *\"\n");
+        let err = Config::from_toml_with_env(&text, [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention.schedule"), "{err}");
+        assert!(err.contains("retention.closed_after"), "{err}");
     }
 
     #[test]

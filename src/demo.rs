@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use base64::Engine as _;
-use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::BasicGetOptions;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
@@ -145,7 +145,7 @@ pub async fn run() -> anyhow::Result<()> {
     show_dead_letter(&names, started).await?;
     shutdown.cancel();
     let _ = worker.await;
-    cleanup(&names).await;
+    cleanup(&config.amqp).await;
     let _ = std::fs::remove_dir_all(&scratch);
     match outcome {
         Ok(result) => result,
@@ -219,22 +219,12 @@ async fn show_dead_letter(names: &str, started: Instant) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cleanup(names: &str) {
+async fn cleanup(config: &crate::config::AmqpConfig) {
     let Ok(connection) = lapin::Connection::connect(AMQP_URL, Default::default()).await else {
         return;
     };
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
-    for queue in [format!("{names}.intake"), format!("{names}.dead")] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for exchange in [names.to_string(), format!("{names}.dlx")] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
+    if let Ok(channel) = connection.create_channel().await {
+        let _ = crate::intake::topology::delete(&channel, config).await;
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// Log output format.
@@ -34,7 +34,27 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Buckets make histograms real Prometheus histograms (summaries cannot be
+            // aggregated across instances): minutes to a day for time to first attempt,
+            // milliseconds to minutes for everything else measured in seconds.
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("callkeeper_time_to_first_attempt_seconds".into()),
+                    &[
+                        60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14_400.0, 28_800.0, 86_400.0,
+                    ],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_seconds".into()),
+                        &[
+                            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                            60.0, 300.0,
+                        ],
+                    )
+                })
+                .expect("bucket lists are non-empty")
+                .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (e.g. by an embedding program); then
             // ours just renders nothing, which is better than failing to start.
@@ -94,6 +114,7 @@ pub async fn refresh_store_gauges(
                 continue;
             }
         };
+        metrics::gauge!("callkeeper_events_outbox_pending").set(stats.event_backlog as f64);
         let now = clock.now();
         // Every label set is written each round, zeros included, so a drained state reads 0
         // rather than its last value.
@@ -214,5 +235,56 @@ pub fn describe_metrics() {
     describe_counter!(
         "callkeeper_store_errors_total",
         "Store operations that failed, by operation."
+    );
+    describe_counter!(
+        "callkeeper_callback_events_total",
+        "Lifecycle events committed, by queue and event: requested, merged, due, claimed, \
+         attempted, missed, completed, failed, cancelled, expired."
+    );
+    describe_counter!(
+        "callkeeper_sla_met_total",
+        "Callbacks whose first attempt came by the deadline, by queue and priority."
+    );
+    describe_counter!(
+        "callkeeper_sla_missed_total",
+        "Callbacks whose deadline passed before the first attempt, by queue and priority."
+    );
+    describe_histogram!(
+        "callkeeper_time_to_first_attempt_seconds",
+        Unit::Seconds,
+        "Time from the request to the first attempt, per queue."
+    );
+    describe_counter!(
+        "callkeeper_retries_total",
+        "Attempts after which the callback was scheduled again, by queue and outcome."
+    );
+    describe_histogram!(
+        "callkeeper_firing_lateness_seconds",
+        Unit::Seconds,
+        "How long after its due time a callback became due (was fired)."
+    );
+    describe_counter!(
+        "callkeeper_events_published_total",
+        "Lifecycle events published to the events exchange and confirmed by the broker."
+    );
+    describe_gauge!(
+        "callkeeper_events_outbox_pending",
+        "Lifecycle events in the outbox waiting for the broker."
+    );
+    describe_gauge!(
+        "callkeeper_events_connected",
+        "1 while the events publisher is connected to RabbitMQ, else 0."
+    );
+    describe_counter!(
+        "callkeeper_events_reconnects_total",
+        "Reconnections of the events publisher after a lost connection."
+    );
+    describe_counter!(
+        "callkeeper_retention_purged_total",
+        "Rows removed by the retention purge, by table."
+    );
+    describe_counter!(
+        "callkeeper_erasures_total",
+        "Phone numbers erased on request (DELETE /v1/contacts/{phone})."
     );
 }

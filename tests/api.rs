@@ -789,3 +789,114 @@ async fn estimate_refuses_bad_input_with_json_errors() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn sla_report_matches_a_known_scenario_exactly() {
+    use callkeeper::domain::inbound::AttemptReport;
+    use callkeeper::domain::Outcome;
+
+    let app = spawn_app().await;
+    // Monday 10:00 in Amsterdam, inside the callees' calling window.
+    let t0 = Utc.with_ymd_and_hms(2030, 3, 4, 9, 0, 0).unwrap();
+    let minutes = chrono::Duration::minutes;
+    let batch: Vec<Inbound> = (0..4)
+        .map(|_| request("support"))
+        .chain([request("sales")])
+        .collect();
+    let ids: Vec<CallbackId> = app
+        .store
+        .apply_inbound(&batch, t0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| match o {
+            InboundOutcome::Created(id) => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let report = |outcome| AttemptReport {
+        agent_id: "a-1".into(),
+        outcome,
+        note: None,
+    };
+    // A: answered after 30 minutes. B: no answer after an hour, answered at two hours.
+    app.store
+        .record_attempt(ids[0], &report(Outcome::Connected), t0 + minutes(30))
+        .await
+        .unwrap();
+    app.store
+        .record_attempt(ids[1], &report(Outcome::NoAnswer), t0 + minutes(60))
+        .await
+        .unwrap();
+    app.store
+        .record_attempt(ids[1], &report(Outcome::Connected), t0 + minutes(120))
+        .await
+        .unwrap();
+    // C: nobody called within the 4-hour target. D: still within it.
+    app.store
+        .advance(ids[2], t0 + minutes(5 * 60))
+        .await
+        .unwrap();
+
+    let from = (t0 - minutes(60)).to_rfc3339();
+    let to = (t0 + minutes(60)).to_rfc3339();
+    let response = app
+        .client
+        .get(app.url("/v1/sla"))
+        .query(&[
+            ("queue", "support"),
+            ("from", from.as_str()),
+            ("to", to.as_str()),
+        ])
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["queue"], "support");
+    assert_eq!(
+        (
+            &body["requested"],
+            &body["attempted"],
+            &body["met"],
+            &body["missed"],
+            &body["pending"]
+        ),
+        (&json!(4), &json!(2), &json!(2), &json!(1), &json!(1))
+    );
+    assert_eq!(body["attainment"].as_f64(), Some(2.0 / 3.0));
+    assert_eq!(
+        body["time_to_first_attempt"],
+        json!({ "p50": 1800.0, "p90": 3600.0 })
+    );
+    assert_eq!(
+        body["punctuality"],
+        json!({ "p50": -12600.0, "p90": -10800.0 })
+    );
+    assert_eq!(body["attempts_per_callback"], json!(1.5));
+
+    // All queues count the sales request too; a bad period is a 400, an unknown queue a 404.
+    let all: Value = app
+        .client
+        .get(app.url("/v1/sla"))
+        .query(&[("from", from.as_str()), ("to", to.as_str())])
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["requested"], 5);
+    assert_eq!(
+        app.get(&format!(
+            "/v1/sla?from={}&to={}",
+            "2030-03-05T00:00:00Z", "2030-03-04T00:00:00Z"
+        ))
+        .await
+        .status(),
+        400
+    );
+    assert_eq!(app.get("/v1/sla?queue=nope").await.status(), 404);
+}

@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use callkeeper::ivr::IvrPublisher;
-use callkeeper::notify::receiver::Receiver;
 use common::process::WorkerProcess;
 use serde_json::json;
 
@@ -16,33 +15,22 @@ const REQUESTS: usize = 3000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_storm_loses_nothing_and_calls_nobody_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = common::new_secret();
-    let (receiver, mut webhooks) = Receiver::start(vec![secret.clone()]).await.unwrap();
-    let names = common::unique_names();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config_path = dir.path().join("callkeeper.toml");
-    std::fs::write(
-        &config_path,
-        common::config_text(
-            &names,
-            &dir.path().join("ck.db"),
-            &receiver.url(),
-            &secret,
-            port,
-            r#"
+    let prepared = common::process::prepare(
+        r#"
         sla = { normal = "4h", high = "1h", urgent = "15m" }
     "#,
-        ),
     )
-    .unwrap();
+    .await;
+    let common::process::Prepared {
+        dir: _dir,
+        names,
+        api,
+        config_path,
+        receiver,
+        mut webhooks,
+    } = prepared;
 
     let mut worker = WorkerProcess::start(&config_path, None, "warn");
-    let api = format!("http://127.0.0.1:{port}");
     assert!(common::wait_ready(&api).await, "worker became ready");
 
     // Publish with confirms from a separate task while this one kills and restarts the worker.

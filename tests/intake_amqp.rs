@@ -62,6 +62,7 @@ impl Harness {
             queue: format!("ck-test-{suffix}.intake"),
             dead_letter_exchange: format!("ck-test-{suffix}.dlx"),
             dead_letter_queue: format!("ck-test-{suffix}.dead"),
+            events_exchange: format!("ck-test-{suffix}.events"),
             prefetch: 32,
             reconnect_max_delay: Duration::from_secs(2),
         };

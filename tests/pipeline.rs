@@ -246,18 +246,7 @@ async fn cancel_and_opt_out() {
         )
         .await
         .unwrap();
-    let store = app.store.clone();
-    let two_open = common::wait_for(WAIT, || {
-        let store = store.clone();
-        async move {
-            store
-                .list(&Default::default())
-                .await
-                .map(|l| l.len() == 2)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    let two_open = app.wait_stored(2, WAIT).await;
     assert!(two_open);
 
     app.ivr
@@ -366,6 +355,72 @@ async fn bad_messages_are_dead_lettered_while_good_ones_flow() {
     assert!(
         app.dead_letter(Duration::from_millis(300)).await.is_none(),
         "each dead-lettered once"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_made_while_the_queue_is_closed_is_not_notified_until_it_opens() {
+    use callkeeper::clock::ManualClock;
+    use chrono::TimeZone;
+
+    let amsterdam = chrono_tz::Europe::Amsterdam;
+    // Saturday 2026-11-28 11:00 in Amsterdam; the queue opens Monday 09:00.
+    let saturday = amsterdam
+        .with_ymd_and_hms(2026, 11, 28, 11, 0, 0)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let clock = ManualClock::new(saturday);
+    let mut app = spawn_app(Setup {
+        queue_toml: r#"
+            timezone = "Europe/Amsterdam"
+            sla = { normal = "2h", high = "1h", urgent = "15m" }
+            [queues.support.open_hours]
+            every_day = ["09:00-17:00"]
+            sat = []
+            sun = []
+        "#
+        .into(),
+        clock: std::sync::Arc::new(clock.clone()),
+    })
+    .await;
+    app.ivr
+        .publish(
+            "callback.requested",
+            json!({ "phone": "+31612345678", "queue": "support" }),
+        )
+        .await
+        .unwrap();
+    let stored = app.wait_stored(1, WAIT).await;
+    assert!(stored);
+    let (_, list) = app.get("/v1/callbacks").await;
+    let monday_nine = amsterdam
+        .with_ymd_and_hms(2026, 11, 30, 9, 0, 0)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    assert_eq!(
+        list["items"][0]["due_at"],
+        callkeeper::notify::outbox::rfc3339(monday_nine)
+    );
+    assert_eq!(
+        list["items"][0]["deadline"],
+        callkeeper::notify::outbox::rfc3339(monday_nine + chrono::Duration::hours(2)),
+        "the SLA clock does not run over the weekend"
+    );
+
+    // Sunday evening: still closed, nothing goes out.
+    clock.set(monday_nine - chrono::Duration::hours(12));
+    let early = app.webhooks_for(Duration::from_secs(2)).await;
+    assert!(
+        early.is_empty(),
+        "no webhook while the queue is closed: {early:?}"
+    );
+
+    clock.set(monday_nine + chrono::Duration::seconds(1));
+    let due = app.next_webhook(WAIT, is("callback.due")).await;
+    assert_eq!(
+        due.body["data"]["due_at"],
+        callkeeper::notify::outbox::rfc3339(monday_nine)
     );
     app.stop().await;
 }

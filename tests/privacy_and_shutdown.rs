@@ -6,7 +6,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use callkeeper::ivr::IvrPublisher;
-use callkeeper::notify::receiver::Receiver;
 use common::process::WorkerProcess;
 use serde_json::json;
 
@@ -14,34 +13,23 @@ const PHONES: [&str; 3] = ["+31612345678", "+31687654321", "+14155550123"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_hold_no_phone_number_and_sigterm_stops_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = common::new_secret();
-    let (receiver, mut webhooks) = Receiver::start(vec![secret.clone()]).await.unwrap();
-    let names = common::unique_names();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config_path = dir.path().join("callkeeper.toml");
-    std::fs::write(
-        &config_path,
-        common::config_text(
-            &names,
-            &dir.path().join("ck.db"),
-            &receiver.url(),
-            &secret,
-            port,
-            r#"
+    let prepared = common::process::prepare(
+        r#"
         at_risk_lead = "1s"
         sla = { normal = "2s", high = "2s", urgent = "2s" }
     "#,
-        ),
     )
-    .unwrap();
+    .await;
+    let common::process::Prepared {
+        dir,
+        names,
+        api,
+        config_path,
+        receiver,
+        mut webhooks,
+    } = prepared;
     let log = dir.path().join("worker.log");
     let mut worker = WorkerProcess::start(&config_path, Some(&log), "trace");
-    let api = format!("http://127.0.0.1:{port}");
     assert!(common::wait_ready(&api).await);
 
     let ivr = IvrPublisher::connect(common::AMQP_URL, &names)

@@ -1419,3 +1419,84 @@ async fn migration_0002_counts_outcomes_and_numbers_of_existing_attempts() {
     // Four calls in 24 h (three old, this one), cap 2: wait until the third old one ages out.
     assert_eq!(cb.due_at, t0() + mins(2) + TimeDelta::hours(24));
 }
+
+/// The outbox's event types for one callback, in publish order.
+async fn outbox_types(h: &Harness, id: CallbackId) -> Vec<String> {
+    h.store
+        .pending_events(1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| {
+            let body: serde_json::Value = serde_json::from_str(&e.body).unwrap();
+            (body["subject"] == id.to_string()).then(|| {
+                e.event_type
+                    .trim_start_matches("callkeeper.callback.")
+                    .to_string()
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_write_path_puts_its_lifecycle_events_in_the_outbox() {
+    let h = harness().await;
+    let id = h.create(PHONE, "support", t0()).await;
+    h.apply(
+        event("dup", "fp", Command::Request(request(PHONE, "support"))),
+        t0(),
+    )
+    .await;
+    h.store.advance(id, t0()).await.unwrap();
+    h.store.claim(id, "a1", t0()).await.unwrap();
+    // Refused: writes nothing, so no event.
+    assert!(h.store.claim(id, "a2", t0()).await.is_err());
+    h.store
+        .record_attempt(id, &report("a1", Outcome::NoAnswer), t0() + mins(1))
+        .await
+        .unwrap();
+    // The 10-minute retry delay carries up to 10 % jitter: step past its latest due time.
+    h.store.advance(id, t0() + mins(13)).await.unwrap();
+    h.store
+        .record_attempt(id, &report("a1", Outcome::Busy), t0() + mins(14))
+        .await
+        .unwrap();
+    assert_eq!(
+        outbox_types(&h, id).await,
+        [
+            "requested",
+            "merged",
+            "due",
+            "claimed",
+            "attempted",
+            "due",
+            "attempted",
+            "failed"
+        ]
+    );
+
+    let other = h.create("+31612345679", "support", t0()).await;
+    h.apply(
+        event(
+            "opt",
+            "fp",
+            Command::OptOut {
+                phone: phone("+31612345679"),
+            },
+        ),
+        t0(),
+    )
+    .await;
+    assert_eq!(outbox_types(&h, other).await, ["requested", "cancelled"]);
+
+    // Removing up to a seq removes exactly those, oldest first.
+    let all = h.store.pending_events(1000).await.unwrap();
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(h.store.remove_events(all[2].seq).await.unwrap(), 3);
+    let left = h.store.pending_events(1000).await.unwrap();
+    assert_eq!(left, all[3..]);
+    assert_eq!(
+        h.store.stats().await.unwrap().event_backlog,
+        left.len() as u64
+    );
+}

@@ -78,6 +78,19 @@ fn open_minutes(policy: &QueuePolicy, from: DateTime<Utc>, until: DateTime<Utc>)
     minutes
 }
 
+/// Whether the queue's hours and the callee's window share any quarter hour in the year after
+/// `from`, checked one quarter hour at a time.
+fn windows_meet(
+    policy: &QueuePolicy,
+    window: &callkeeper::schedule::Calendar,
+    from: DateTime<Utc>,
+) -> bool {
+    (0..366 * 96).any(|quarter| {
+        let t = from + Duration::minutes(15 * quarter);
+        policy.open_hours.is_open(t) && window.is_open(t)
+    })
+}
+
 fn hhmm(minutes: u32) -> String {
     format!("{:02}:{:02}", minutes / 60, minutes % 60)
 }
@@ -116,12 +129,18 @@ proptest! {
         minute_of_period in 0i64..(2 * 365 * 24 * 60),
         sla_minutes in 1u64..(3 * 24 * 60),
         caller_window in prop::option::of((0i64..(3 * 24 * 60), 1i64..(5 * 24 * 60))),
+        recurring in 0u8..3,
     ) {
         let calling = match window {
             Some((start, len)) => format!("every_day = [\"{}-{}\"]", hhmm(start * 15), hhmm(((start + len) * 15) % 1440)),
             None => "every_day = [\"08:00-21:00\"]".into(),
         };
-        let rules = rules(queue_zone, &format!("[queues.q.open_hours]\n{hours}"), &calling, sla_minutes);
+        let recurring = match recurring {
+            0 => "",
+            1 => "closures = [{ cron = \"0 0 12 * * Mon-Fri\", lasts = \"45m\" }]\n",
+            _ => "openings = [{ cron = \"0 30 6 * * Sun\", lasts = \"5h\" }]\nclosures = [{ cron = \"0 0 0 1 * *\", lasts = \"1day\" }]\n",
+        };
+        let rules = rules(queue_zone, &format!("[queues.q.open_hours]\n{hours}{recurring}"), &calling, sla_minutes);
         let policy = policy(&rules);
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::minutes(minute_of_period);
         let window = caller_window.map(|(offset, len)| Window {
@@ -134,7 +153,12 @@ proptest! {
         let callee_window = policy.calling_windows.calendar(&callee);
 
         prop_assert!(plan.due_at >= now);
-        prop_assert!(policy.open_hours.is_open(plan.due_at), "due {} outside open hours", plan.due_at);
+        // When the queue's hours never meet the callee's window, the callee's window wins and the
+        // callback escalates; otherwise the due time is inside both.
+        prop_assert!(
+            policy.open_hours.is_open(plan.due_at) || !windows_meet(policy, &callee_window, now),
+            "due {} outside open hours", plan.due_at
+        );
         prop_assert!(callee_window.is_open(plan.due_at), "due {} outside the callee window", plan.due_at);
         if let Some(w) = window {
             prop_assert!(plan.due_at >= w.not_before);
@@ -319,4 +343,41 @@ fn per_country_windows_apply_to_numbers_from_that_country() {
                          // 2026-11-29 is a Sunday.
     let plan = policy(&rules).plan(&req, local(zone, "2026-11-29 12:00"));
     assert_eq!(plan.due_at, local(zone, "2026-11-30 08:00"));
+}
+
+#[test]
+fn a_region_told_apart_by_prefix_gets_its_own_stricter_window_and_zone() {
+    let text = r#"
+        [calling_window.default]
+        every_day = ["08:00-21:00"]
+        [calling_window.regions.us-fl]
+        prefixes = ["+1305", "+1786"]
+        timezone = "America/New_York"
+        window = { every_day = ["08:00-20:00"] }
+        [queues.q]
+        webhook_url = "http://127.0.0.1:9/hooks"
+        signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+        timezone = "Europe/Amsterdam"
+        sla = { normal = "4h", high = "1h", urgent = "15m" }
+    "#;
+    let rules = Rules::from_config(&Config::from_toml_with_env(text, []).unwrap());
+    let ny = chrono_tz::America::New_York;
+    let evening = local(ny, "2026-11-24 20:30");
+    let mut miami = request("America/New_York", None);
+    miami.phone = Phone::parse("+13056781234").unwrap();
+    miami.customer = None; // the zone comes from the region
+    let plan = policy(&rules).plan(&miami, evening);
+    assert_eq!(
+        plan.due_at,
+        local(ny, "2026-11-25 08:00"),
+        "Florida's 20:00 limit applies"
+    );
+
+    let mut manhattan = request("America/New_York", None);
+    manhattan.phone = Phone::parse("+12127364000").unwrap();
+    let plan = policy(&rules).plan(&manhattan, evening);
+    assert_eq!(
+        plan.due_at, evening,
+        "elsewhere the default 21:00 limit applies"
+    );
 }

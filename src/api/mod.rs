@@ -6,6 +6,7 @@
 
 mod auth;
 mod callbacks;
+mod contacts;
 mod deliveries;
 pub mod error;
 mod extract;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::SecretString;
@@ -70,6 +71,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/deliveries/{id}", get(deliveries::get))
         .route("/v1/deliveries/{id}/replay", post(deliveries::replay))
         .route("/v1/sla", get(sla::report))
+        .route("/v1/contacts/{phone}", delete(contacts::erase))
         // A route layer, so an unknown `/v1/...` path is a plain 404 rather than a 401.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,6 +1,7 @@
 //! Domain types that can only hold valid values, and the pure lifecycle rules.
 
 mod callback;
+pub mod events;
 pub mod inbound;
 mod string_enum;
 pub(crate) use string_enum::string_enum;

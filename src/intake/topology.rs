@@ -93,3 +93,23 @@ fn quorum_arguments(dead_letter_exchange: Option<&str>) -> FieldTable {
     }
     arguments
 }
+
+/// Deletes what [`declare`] made: for the demo and tests, which use throwaway names.
+pub async fn delete(channel: &Channel, config: &AmqpConfig) -> lapin::Result<()> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    for queue in [&config.queue, &config.dead_letter_queue] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for exchange in [
+        &config.exchange,
+        &config.dead_letter_exchange,
+        &config.events_exchange,
+    ] {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
+}

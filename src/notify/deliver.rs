@@ -20,6 +20,7 @@ use secrecy::SecretString;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use tracing::{debug, error, info, warn};
 
 use super::{signing, Delivery};
@@ -476,8 +477,17 @@ impl Lanes {
                 let delivery = lane.pop_front().expect("lane is not empty");
                 let delivery_id = delivery.id.clone();
                 let worker = worker.clone();
-                let handle = tasks
-                    .spawn(async move { worker.send_and_record(delivery, (global, local)).await });
+                // Every log line of this try carries the callback and the delivery.
+                let span = tracing::info_span!(
+                    "delivery",
+                    callback_id = %delivery.callback_id,
+                    delivery_id = %delivery.id,
+                    notice = %delivery.notice,
+                );
+                let handle = tasks.spawn(
+                    async move { worker.send_and_record(delivery, (global, local)).await }
+                        .instrument(span),
+                );
                 running.insert(handle.id(), delivery_id);
                 started = true;
             }

@@ -58,11 +58,80 @@ impl fmt::Display for Range {
     }
 }
 
+/// A recurring closure or extra opening: starts at each cron occurrence (in the calendar's zone)
+/// and lasts `length`.
+#[derive(Debug, Clone)]
+pub struct Recurring {
+    pub schedule: cron::Schedule,
+    pub length: chrono::Duration,
+}
+
+impl PartialEq for Recurring {
+    fn eq(&self, other: &Self) -> bool {
+        self.schedule.source() == other.schedule.source() && self.length == other.length
+    }
+}
+
+impl Recurring {
+    /// Parses a cron expression: the `cron` crate's 6 fields (`sec min hour day-of-month month
+    /// day-of-week`, weekdays numbered 1 = Sunday … 7 = Saturday, names like `Mon-Fri` work
+    /// too). A standard 5-field expression (`min hour dom month dow`) is accepted when its
+    /// weekday field uses names or `*`, since its numbers would mean other days.
+    pub fn parse(expression: &str, length: Duration) -> Result<Self, String> {
+        let fields: Vec<&str> = expression.split_whitespace().collect();
+        let six = match fields.len() {
+            5 if fields[4].bytes().any(|b| b.is_ascii_digit()) => {
+                return Err(format!(
+                    "'{expression}': a 5-field expression must name its weekdays (Mon-Fri): \
+                     numbers differ between cron dialects; or write 6 fields, 1 = Sunday"
+                ))
+            }
+            5 => format!("0 {expression}"),
+            _ => expression.to_owned(),
+        };
+        let schedule = six
+            .parse::<cron::Schedule>()
+            .map_err(|e| format!("'{expression}': {e}"))?;
+        let length = chrono::Duration::from_std(length).map_err(|e| e.to_string())?;
+        if length <= chrono::Duration::zero() {
+            return Err(format!("'{expression}': must last longer than 0s"));
+        }
+        Ok(Self { schedule, length })
+    }
+
+    /// Occurrences as intervals, in order, from the one that may still cover `at`.
+    fn intervals_from(
+        &self,
+        zone: Tz,
+        at: DateTime<Utc>,
+    ) -> impl Iterator<Item = (DateTime<Utc>, DateTime<Utc>)> + '_ {
+        let horizon = at + chrono::Duration::days(SEARCH_DAYS as i64);
+        let length = self.length;
+        self.schedule
+            .after_owned((at - length).with_timezone(&zone))
+            .map(move |start| {
+                (
+                    start.with_timezone(&Utc),
+                    start.with_timezone(&Utc) + length,
+                )
+            })
+            .take_while(move |&(start, _)| start < horizon)
+    }
+
+    fn covers(&self, zone: Tz, at: DateTime<Utc>) -> bool {
+        let just_after = (at + chrono::Duration::milliseconds(1)).with_timezone(&zone);
+        self.schedule
+            .after(&just_after)
+            .next_back()
+            .is_some_and(|start| at < start.with_timezone(&Utc) + self.length)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Calendar {
     /// Open at every instant (no calendar configured).
     Always,
-    Weekly(Weekly),
+    Weekly(Box<Weekly>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +141,10 @@ pub struct Weekly {
     pub days: [Vec<Range>; 7],
     /// Local dates on which no range starts (holidays).
     pub closed: BTreeSet<NaiveDate>,
+    /// Extra open time on top of the weekly ranges.
+    pub openings: Vec<Recurring>,
+    /// Closed time, winning over ranges and openings.
+    pub closures: Vec<Recurring>,
 }
 
 impl Calendar {
@@ -79,7 +152,25 @@ impl Calendar {
         for day in &mut days {
             day.sort_by_key(|r| r.start);
         }
-        Calendar::Weekly(Weekly { zone, days, closed })
+        Calendar::Weekly(Box::new(Weekly {
+            zone,
+            days,
+            closed,
+            openings: Vec::new(),
+            closures: Vec::new(),
+        }))
+    }
+
+    /// Adds recurring extra openings and closures.
+    pub fn with_recurring(self, openings: Vec<Recurring>, closures: Vec<Recurring>) -> Self {
+        match self {
+            Calendar::Weekly(w) => Calendar::Weekly(Box::new(Weekly {
+                openings,
+                closures,
+                ..*w
+            })),
+            always => always,
+        }
     }
 
     /// Whether `at` is inside the calendar. Computed from local time directly (not through the
@@ -100,7 +191,9 @@ impl Calendar {
                     .iter()
                     .any(|r| r.crosses_midnight() && time < r.end)
         });
-        today || yesterday
+        let opened = w.openings.iter().any(|r| r.covers(w.zone, at));
+        let closed = w.closures.iter().any(|r| r.covers(w.zone, at));
+        (today || yesterday || opened) && !closed
     }
 
     /// The first instant at or after `at` inside the calendar; `None` if it never opens.
@@ -140,12 +233,25 @@ impl Weekly {
         &self.days[date.weekday().num_days_from_monday() as usize]
     }
 
-    /// Open intervals as instants, in order and merged, from the local day before `at`'s (whose
-    /// ranges may run past midnight) until the search horizon.
-    fn intervals_from(
-        &self,
-        at: DateTime<Utc>,
-    ) -> impl Iterator<Item = (DateTime<Utc>, DateTime<Utc>)> + '_ {
+    /// Open intervals as instants, in order and merged: the weekly ranges plus the openings,
+    /// minus the closures.
+    fn intervals_from(&self, at: DateTime<Utc>) -> Box<dyn Iterator<Item = Interval> + '_> {
+        let mut open: Box<dyn Iterator<Item = Interval>> = Box::new(self.weekly_intervals_from(at));
+        for opening in &self.openings {
+            open = Box::new(merge(merge_sorted(
+                open,
+                opening.intervals_from(self.zone, at),
+            )));
+        }
+        for closure in &self.closures {
+            open = Box::new(subtract(open, closure.intervals_from(self.zone, at)));
+        }
+        open
+    }
+
+    /// The weekly ranges as instants, in order and merged, from the local day before `at`'s
+    /// (whose ranges may run past midnight) until the search horizon.
+    fn weekly_intervals_from(&self, at: DateTime<Utc>) -> impl Iterator<Item = Interval> + '_ {
         let first = at
             .with_timezone(&self.zone)
             .date_naive()
@@ -197,6 +303,55 @@ fn merge(
                 current = next;
                 return Some((start, end));
             }
+        }
+    })
+}
+
+type Interval = (DateTime<Utc>, DateTime<Utc>);
+
+/// Two start-ordered streams as one start-ordered stream.
+fn merge_sorted<'a>(
+    a: impl Iterator<Item = Interval> + 'a,
+    b: impl Iterator<Item = Interval> + 'a,
+) -> impl Iterator<Item = Interval> + 'a {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if y.0 < x.0 => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
+}
+
+/// `open` minus `closed`; both start-ordered, `open` merged.
+fn subtract<'a>(
+    mut open: impl Iterator<Item = Interval> + 'a,
+    closed: impl Iterator<Item = Interval> + 'a,
+) -> impl Iterator<Item = Interval> + 'a {
+    let mut closed = closed.peekable();
+    // What is left of an open interval after a closure cut into it.
+    let mut rest: Option<Interval> = None;
+    std::iter::from_fn(move || loop {
+        let (start, end) = match rest.take() {
+            Some(interval) => interval,
+            None => open.next()?,
+        };
+        // Closures that ended before this interval can no longer matter.
+        while closed
+            .peek()
+            .is_some_and(|&(_, closure_end)| closure_end <= start)
+        {
+            closed.next();
+        }
+        match closed.peek().copied() {
+            Some((closure_start, closure_end)) if closure_start < end => {
+                if closure_end < end {
+                    rest = Some((closure_end.max(start), end));
+                }
+                if closure_start > start {
+                    return Some((start, closure_start));
+                }
+            }
+            _ => return Some((start, end)),
         }
     })
 }
@@ -309,6 +464,46 @@ mod tests {
             .add_open_time(open, Duration::from_secs(2 * 3600))
             .unwrap();
         assert_eq!(end, at(Amsterdam, "2026-03-29 05:00"));
+    }
+
+    #[test]
+    fn recurring_closures_cut_and_openings_add_time() {
+        let lunch = Recurring::parse("0 0 12 * * Mon-Fri", Duration::from_secs(1800)).unwrap();
+        let first_sunday =
+            Recurring::parse("0 10 1-7 * Sun", Duration::from_secs(4 * 3600)).unwrap();
+        let cal = office(Amsterdam).with_recurring(vec![first_sunday], vec![lunch]);
+        // Monday 2026-11-30: closed 12:00-12:30.
+        assert!(cal.is_open(at(Amsterdam, "2026-11-30 11:59")));
+        assert!(!cal.is_open(at(Amsterdam, "2026-11-30 12:10")));
+        assert_eq!(
+            cal.next_open(at(Amsterdam, "2026-11-30 12:10")),
+            Some(at(Amsterdam, "2026-11-30 12:30"))
+        );
+        // A 1-hour target from 11:45 skips the lunch half hour.
+        let end = cal
+            .add_open_time(at(Amsterdam, "2026-11-30 11:45"), Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(end, at(Amsterdam, "2026-11-30 13:15"));
+        // Sunday 2026-12-06 is the first Sunday of December: open 10:00-14:00.
+        assert!(cal.is_open(at(Amsterdam, "2026-12-06 13:00")));
+        assert!(!cal.is_open(at(Amsterdam, "2026-12-13 13:00")));
+        assert_eq!(
+            cal.next_open(at(Amsterdam, "2026-12-05 15:00")),
+            Some(at(Amsterdam, "2026-12-06 10:00"))
+        );
+    }
+
+    #[test]
+    fn cron_expressions_are_checked() {
+        assert!(Recurring::parse("0 0 12 * * Mon-Fri", Duration::from_secs(60)).is_ok());
+        assert!(
+            Recurring::parse("0 12 * * Mon-Fri", Duration::from_secs(60)).is_ok(),
+            "5 fields with names"
+        );
+        let err = Recurring::parse("0 12 * * 1-5", Duration::from_secs(60)).unwrap_err();
+        assert!(err.contains("must name its weekdays"), "{err}");
+        assert!(Recurring::parse("not cron", Duration::from_secs(60)).is_err());
+        assert!(Recurring::parse("0 0 12 * * *", Duration::ZERO).is_err());
     }
 
     #[test]

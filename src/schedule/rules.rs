@@ -3,7 +3,7 @@
 //! hours (its own zone) and the callee's calling window (the callee's zone); the SLA clock only
 //! runs while the queue is open.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use rand::Rng;
 use secrecy::SecretString;
 use tracing::warn;
 
-use super::calendar::{Calendar, Range};
+use super::calendar::{Calendar, Range, Recurring};
 use super::country_zones::zone_of_country;
 use crate::config::{CallingWindowConfig, Config, QueueConfig, RetryLimits, WeekConfig};
 use crate::domain::inbound::CallbackRequest;
@@ -54,6 +54,8 @@ pub struct Plan {
 pub struct Callee {
     pub zone: Tz,
     pub country: Option<String>,
+    /// The configured region whose prefix the number has, if any.
+    pub region: Option<String>,
 }
 
 /// Weekly ranges and closed dates, before a zone is known.
@@ -61,6 +63,8 @@ pub struct Callee {
 struct Week {
     days: [Vec<Range>; 7],
     closed: BTreeSet<NaiveDate>,
+    openings: Vec<Recurring>,
+    closures: Vec<Recurring>,
 }
 
 impl Week {
@@ -70,11 +74,20 @@ impl Week {
             .days(&base.days)
             .unwrap_or_else(|_| base.days.clone());
         let closed = base.closed.iter().chain(&config.closed).copied().collect();
-        Self { days, closed }
+        let (mut openings, mut closures) = config.recurring().unwrap_or_default();
+        openings.extend(base.openings.iter().cloned());
+        closures.extend(base.closures.iter().cloned());
+        Self {
+            days,
+            closed,
+            openings,
+            closures,
+        }
     }
 
     fn in_zone(&self, zone: Tz) -> Calendar {
         Calendar::weekly(zone, self.days.clone(), self.closed.clone())
+            .with_recurring(self.openings.clone(), self.closures.clone())
     }
 }
 
@@ -83,28 +96,80 @@ impl Week {
 pub struct CallingWindows {
     default: Week,
     countries: HashMap<String, Week>,
+    regions: BTreeMap<String, Region>,
 }
 
 impl CallingWindows {
     fn from_config(config: &CallingWindowConfig) -> Self {
         let default = Week::from_config(&config.default, &Week::default());
-        let countries = config
+        let countries: HashMap<String, Week> = config
             .countries
             .iter()
             .map(|(country, week)| (country.clone(), Week::from_config(week, &default)))
             .collect();
-        Self { default, countries }
+        let regions = config
+            .regions
+            .iter()
+            .map(|(name, region)| {
+                // A region refines its country's window; its country is that of its prefixes.
+                let country = region
+                    .prefixes
+                    .first()
+                    .and_then(|p| phonenumber::parse(None, format!("{p}0000000")).ok())
+                    .and_then(|n| n.country().id())
+                    .map(|id| format!("{id:?}"));
+                let base = country.and_then(|c| countries.get(&c)).unwrap_or(&default);
+                let region = Region {
+                    prefixes: region.prefixes.clone(),
+                    timezone: region.timezone.as_deref().and_then(|tz| tz.parse().ok()),
+                    week: Week::from_config(&region.window, base),
+                };
+                (name.clone(), region)
+            })
+            .collect();
+        Self {
+            default,
+            countries,
+            regions,
+        }
     }
 
-    /// The window for this callee, in their own zone.
+    /// The configured region with the longest prefix of `phone`.
+    fn region_of(&self, phone: &Phone) -> Option<(&String, &Region)> {
+        self.regions
+            .iter()
+            .filter_map(|(name, region)| {
+                let longest = region
+                    .prefixes
+                    .iter()
+                    .filter(|p| phone.as_str().starts_with(p.as_str()))
+                    .map(String::len)
+                    .max()?;
+                Some((longest, name, region))
+            })
+            .max_by_key(|(longest, _, _)| *longest)
+            .map(|(_, name, region)| (name, region))
+    }
+
+    /// The window for this callee, in their own zone: the region's, else the country's, else
+    /// the default.
     pub fn calendar(&self, callee: &Callee) -> Calendar {
         let week = callee
-            .country
+            .region
             .as_ref()
-            .and_then(|c| self.countries.get(c))
+            .and_then(|r| self.regions.get(r))
+            .map(|r| &r.week)
+            .or_else(|| callee.country.as_ref().and_then(|c| self.countries.get(c)))
             .unwrap_or(&self.default);
         week.in_zone(callee.zone)
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Region {
+    prefixes: Vec<String>,
+    timezone: Option<Tz>,
+    week: Week,
 }
 
 impl QueuePolicy {
@@ -143,12 +208,18 @@ impl QueuePolicy {
     /// has one, else the queue's.
     pub fn callee(&self, phone: &Phone, customer: Option<&Customer>) -> Callee {
         let country = phone.region();
+        let region = self.calling_windows.region_of(phone);
         let zone = customer
             .and_then(|c| c.timezone.as_deref())
             .and_then(|tz| tz.parse::<Tz>().ok())
+            .or_else(|| region.and_then(|(_, r)| r.timezone))
             .or_else(|| country.as_deref().and_then(zone_of_country))
             .unwrap_or(self.timezone);
-        Callee { zone, country }
+        Callee {
+            zone,
+            country,
+            region: region.map(|(name, _)| name.clone()),
+        }
     }
 
     /// The callee when no number is known (an estimate without `phone`): the queue's zone
@@ -157,6 +228,7 @@ impl QueuePolicy {
         Callee {
             zone: self.timezone,
             country: None,
+            region: None,
         }
     }
 
@@ -253,9 +325,13 @@ impl QueuePolicy {
     pub fn next_callable(&self, at: DateTime<Utc>, callee: &Callee) -> DateTime<Utc> {
         let window = self.calling_windows.calendar(callee);
         let mut t = at;
-        // Alternate until both agree; each step only moves forward, and config validation
-        // guarantees both calendars open, so this settles within a few rounds.
-        for _ in 0..64 {
+        // The first time the callee may be called once the queue has opened: the fallback when
+        // the two never overlap.
+        let mut fallback = None;
+        // Alternate until both agree; each round moves strictly forward. Searching over a year
+        // finds any overlap, seasonal ones (DST shifting one zone against the other) included.
+        let give_up_at = at + chrono::Duration::days(400);
+        while t < give_up_at {
             let Some(open) = self.open_hours.next_open(t) else {
                 break;
             };
@@ -265,10 +341,14 @@ impl QueuePolicy {
             if callable == open {
                 return open;
             }
+            fallback.get_or_insert(callable);
             t = callable;
         }
-        warn!(queue = %self.name, "Open hours and calling window never overlap; using the earliest time.");
-        t
+        // The callee may never be called while this queue is open. Never call at an indecent
+        // hour: take the callee's first callable time after the queue opens; the deadline then
+        // passes and escalates, so a supervisor decides.
+        warn!(queue = %self.name, "Open hours never overlap the callee's calling window; the callback will escalate.");
+        fallback.unwrap_or(at)
     }
 }
 

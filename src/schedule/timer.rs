@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument as _};
 
 use crate::clock::SharedClock;
 use crate::domain::CallbackId;
@@ -82,7 +82,8 @@ impl Timer {
             }
             self.pending.pop_first();
             fired += 1;
-            match self.store.advance(id, now).await {
+            let span = tracing::debug_span!("callback", callback_id = %id);
+            match self.store.advance(id, now).instrument(span).await {
                 Ok(advanced) => {
                     let lateness = (now - at).to_std().unwrap_or_default();
                     metrics::histogram!("callkeeper_timer_lateness_seconds")
@@ -93,6 +94,10 @@ impl Timer {
                     if let Some(next) = advanced.next_fire_at {
                         self.take_hint((next, id));
                     }
+                }
+                // Erased (right to erasure) while its fire time was in hand: nothing left to do.
+                Err(crate::store::StoreError::NotFound) => {
+                    debug!(callback_id = %id, "Callback is gone; dropped from the timer.");
                 }
                 Err(error) => {
                     warn!(callback_id = %id, %error, "Could not step callback; will retry.");

@@ -13,6 +13,7 @@ use crate::domain::CallbackId;
 pub struct Wakeups {
     fire: mpsc::UnboundedSender<(DateTime<Utc>, CallbackId)>,
     deliveries: Arc<Notify>,
+    events: Arc<Notify>,
 }
 
 /// Receiving side, split between the timer and the notifier at start.
@@ -20,20 +21,25 @@ pub struct Wakeups {
 pub struct WakeupReceivers {
     pub fire: mpsc::UnboundedReceiver<(DateTime<Utc>, CallbackId)>,
     pub deliveries: Arc<Notify>,
+    /// Lifecycle events were written to the outbox; for the events publisher.
+    pub events: Arc<Notify>,
 }
 
 impl Wakeups {
     pub fn new() -> (Self, WakeupReceivers) {
         let (tx, rx) = mpsc::unbounded_channel();
         let deliveries = Arc::new(Notify::new());
+        let events = Arc::new(Notify::new());
         (
             Self {
                 fire: tx,
                 deliveries: deliveries.clone(),
+                events: events.clone(),
             },
             WakeupReceivers {
                 fire: rx,
                 deliveries,
+                events,
             },
         )
     }
@@ -47,5 +53,10 @@ impl Wakeups {
     /// New deliveries were stored.
     pub fn deliveries_ready(&self) {
         self.deliveries.notify_one();
+    }
+
+    /// New lifecycle events were written to the outbox.
+    pub fn events_ready(&self) {
+        self.events.notify_one();
     }
 }

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::inbound::{AttemptReport, Inbound, InboundOutcome};
 use crate::domain::lifecycle::LifecycleError;
 use crate::domain::sla::SlaRow;
-use crate::domain::{Attempt, Callback, CallbackId, CancelReason, QueueName, State};
+use crate::domain::{Attempt, Callback, CallbackId, CancelReason, Phone, QueueName, State};
 use crate::notify::{Delivery, DeliveryState};
 use crate::schedule::{Rules, Wakeups};
 
@@ -91,6 +91,60 @@ pub struct Stats {
     pub oldest_open: Vec<(QueueName, DateTime<Utc>)>,
     /// Open callbacks per queue that were warned at-risk and have no attempt yet.
     pub at_risk: Vec<(QueueName, u64)>,
+    /// Lifecycle events in the outbox, not yet confirmed by the broker.
+    pub event_backlog: u64,
+}
+
+/// One lifecycle event waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEvent {
+    /// Publish order.
+    pub seq: i64,
+    /// CloudEvents id.
+    pub id: String,
+    /// CloudEvents type, also the routing key.
+    pub event_type: String,
+    /// The exact JSON to publish.
+    pub body: String,
+}
+
+/// What one retention pass removed, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Purged {
+    pub callbacks: u64,
+    pub attempts: u64,
+    pub deliveries: u64,
+    pub event_outbox: u64,
+    pub inbound_events: u64,
+    pub opt_outs: u64,
+}
+
+impl Purged {
+    pub fn add(&mut self, other: Purged) {
+        self.callbacks += other.callbacks;
+        self.attempts += other.attempts;
+        self.deliveries += other.deliveries;
+        self.event_outbox += other.event_outbox;
+        self.inbound_events += other.inbound_events;
+        self.opt_outs += other.opt_outs;
+    }
+}
+
+/// What erasing a phone number removed, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Erased {
+    /// Every callback of the number, open ones included.
+    pub callbacks: u64,
+    pub attempts: u64,
+    /// Deliveries of those callbacks, and any other whose body holds the number.
+    pub deliveries: u64,
+    pub event_outbox: u64,
+    /// Fields of other numbers' callbacks and attempts (context, customer, call, note) in which
+    /// the number was written out, now replaced by `[erased]`.
+    pub redacted: u64,
+    /// Whether an opt-out for the number exists and was kept: erasing it would let the number
+    /// be called again, which is the opposite of what the person asked for.
+    pub opt_out_kept: bool,
 }
 
 #[async_trait]
@@ -159,6 +213,19 @@ pub trait Store: Send + Sync + 'static {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<SlaRow>>;
+
+    /// The oldest lifecycle events in the outbox, in publish order, at most `limit`.
+    async fn pending_events(&self, limit: u32) -> Result<Vec<OutboxEvent>>;
+    /// Deletes the outbox events up to and including `seq` (the broker confirmed them).
+    async fn remove_events(&self, up_to_seq: i64) -> Result<u64>;
+
+    /// One retention pass of at most `limit` callbacks (and `limit` idempotency keys): removes
+    /// callbacks closed (completed, failed, cancelled, expired) before `before` with their
+    /// attempts, deliveries and outbox events, idempotency keys applied before `before`, and
+    /// opt-outs that ended before `before`. Call again while it removes a full `limit`.
+    async fn purge(&self, before: DateTime<Utc>, limit: u32) -> Result<Purged>;
+    /// Erases every stored trace of `phone` except its opt-out (right to erasure).
+    async fn erase_phone(&self, phone: &Phone) -> Result<Erased>;
 }
 
 pub type SharedStore = Arc<dyn Store>;

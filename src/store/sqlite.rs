@@ -20,6 +20,7 @@ use sqlx::{Row, SqliteConnection};
 use tracing::{debug, warn};
 
 use super::*;
+use crate::domain::events::{lifecycle_events, LifecycleEvent};
 use crate::domain::inbound::{CallbackRequest, CancelTarget, Command, Rejection};
 use crate::domain::lifecycle::{self, Notice};
 use crate::domain::{CallInfo, Customer, Outcome, Phone, Priority, SlaStatus, Window};
@@ -78,7 +79,13 @@ impl SqliteStore {
             // would vanish with it.
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(base.clone().journal_mode(SqliteJournalMode::Wal))
+            .connect_with(
+                base.clone()
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // Zero what is deleted or overwritten, so an erased phone number does not
+                    // linger in free space of the file (old row versions, index entries).
+                    .pragma("secure_delete", "ON"),
+            )
             .await?;
         // An in-memory database exists once per connection set; share the writer for reads.
         let reader = if in_memory {
@@ -112,12 +119,13 @@ impl SqliteStore {
         self.settings.rules.queue(queue)
     }
 
-    /// Saves a changed (or new) callback and queues the deliveries for `notices`.
+    /// Saves a changed (or new) callback, queues the deliveries for `notices` and writes the
+    /// lifecycle events of the change to the outbox — all in the caller's transaction.
     async fn save(
         &self,
         conn: &mut SqliteConnection,
         callback: &mut Callback,
-        stored_next: Option<DateTime<Utc>>,
+        prior: Prior<'_>,
         notices: &[Notice],
         now: DateTime<Utc>,
         effects: &mut Effects,
@@ -128,9 +136,12 @@ impl SqliteStore {
             (false, _) => None,
             (true, Some(policy)) => lifecycle::next_fire_at(callback, policy).map(truncate),
             // Queue no longer configured: keep the time we had, the rules are unknown.
-            (true, None) => stored_next,
+            (true, None) => prior.next_fire_at,
         };
         upsert_callback(conn, callback, next).await?;
+        let events = lifecycle_events(prior.callback, callback, prior.attempt, now);
+        insert_events(conn, &events).await?;
+        effects.events.extend(events);
         if let Some(at) = next {
             effects.fires.push((at, callback.id));
         }
@@ -159,8 +170,10 @@ impl SqliteStore {
     ) -> Result<Callback> {
         let (mut callback, stored_next) =
             load_callback(conn, id).await?.ok_or(StoreError::NotFound)?;
+        let before = callback.clone();
         lifecycle::claim(&mut callback, agent_id, now)?;
-        self.save(conn, &mut callback, stored_next, &[], now, effects)
+        let prior = Prior::of(&before, stored_next);
+        self.save(conn, &mut callback, prior, &[], now, effects)
             .await?;
         Ok(callback)
     }
@@ -187,8 +200,10 @@ impl SqliteStore {
             Some(since) => phone_attempts(conn, &callback.phone, since).await?,
             None => Vec::new(),
         };
+        let before = callback.clone();
         let notices = lifecycle::attempt(&mut callback, report, policy, &phone_attempts, now)?;
-        self.save(conn, &mut callback, stored_next, &notices, now, effects)
+        let prior = Prior::of(&before, stored_next).with_attempt(report);
+        self.save(conn, &mut callback, prior, &notices, now, effects)
             .await?;
         sqlx::query(
             "INSERT INTO attempts (callback_id, number, agent_id, outcome, note, at, phone) \
@@ -217,9 +232,17 @@ impl SqliteStore {
     ) -> Result<Callback> {
         let (mut callback, stored_next) =
             load_callback(conn, id).await?.ok_or(StoreError::NotFound)?;
+        let before = callback.clone();
         lifecycle::cancel(&mut callback, reason, now)?;
-        self.save(conn, &mut callback, stored_next, &[], now, effects)
-            .await?;
+        self.save(
+            conn,
+            &mut callback,
+            Prior::of(&before, stored_next),
+            &[],
+            now,
+            effects,
+        )
+        .await?;
         Ok(callback)
     }
 
@@ -242,8 +265,10 @@ impl SqliteStore {
         let mut cancelled = 0;
         for row in rows {
             let (mut callback, stored_next) = callback_from_row(&row)?;
+            let before = callback.clone();
             if lifecycle::cancel(&mut callback, reason, now).is_ok() {
-                self.save(conn, &mut callback, stored_next, &[], now, effects)
+                let prior = Prior::of(&before, stored_next);
+                self.save(conn, &mut callback, prior, &[], now, effects)
                     .await?;
                 cancelled += 1;
             }
@@ -280,15 +305,17 @@ impl SqliteStore {
         match open {
             Some(row) => {
                 let (mut callback, stored_next) = callback_from_row(&row)?;
+                let before = callback.clone();
                 lifecycle::merge(&mut callback, request, plan, now);
-                self.save(conn, &mut callback, stored_next, &[], now, effects)
+                let prior = Prior::of(&before, stored_next);
+                self.save(conn, &mut callback, prior, &[], now, effects)
                     .await?;
                 debug!(callback_id = %callback.id, requests = callback.requests, "Request merged into the open callback.");
                 Ok(InboundOutcome::Merged(callback.id))
             }
             None => {
                 let mut callback = lifecycle::create(request, plan, policy, now);
-                self.save(conn, &mut callback, None, &[], now, effects)
+                self.save(conn, &mut callback, Prior::NONE, &[], now, effects)
                     .await?;
                 debug!(callback_id = %callback.id, queue = %callback.queue, "Callback created.");
                 Ok(InboundOutcome::Created(callback.id))
@@ -389,11 +416,47 @@ impl SqliteStore {
     }
 }
 
-/// What a committed write must tell the timer and the notifier.
+/// A callback as it was before a write, for the next fire time and the lifecycle events.
+#[derive(Debug, Clone, Copy)]
+struct Prior<'a> {
+    /// `None` when the write creates the callback.
+    callback: Option<&'a Callback>,
+    next_fire_at: Option<DateTime<Utc>>,
+    /// The attempt the write records, if any.
+    attempt: Option<&'a AttemptReport>,
+}
+
+impl<'a> Prior<'a> {
+    /// A callback that did not exist before the write.
+    const NONE: Prior<'static> = Prior {
+        callback: None,
+        next_fire_at: None,
+        attempt: None,
+    };
+
+    fn of(callback: &'a Callback, next_fire_at: Option<DateTime<Utc>>) -> Self {
+        Self {
+            callback: Some(callback),
+            next_fire_at,
+            attempt: None,
+        }
+    }
+
+    fn with_attempt(self, report: &'a AttemptReport) -> Self {
+        Self {
+            attempt: Some(report),
+            ..self
+        }
+    }
+}
+
+/// What a committed write must tell the timer, the notifier and the events publisher.
 #[derive(Debug, Default)]
 struct Effects {
     fires: Vec<(DateTime<Utc>, CallbackId)>,
     deliveries: usize,
+    /// Lifecycle events written to the outbox; counted in the metrics once committed.
+    events: Vec<LifecycleEvent>,
 }
 
 impl Effects {
@@ -404,6 +467,10 @@ impl Effects {
         }
         if self.deliveries > 0 {
             wakeups.deliveries_ready();
+        }
+        if !self.events.is_empty() {
+            crate::events::observe(&self.events);
+            wakeups.events_ready();
         }
     }
 }
@@ -595,12 +662,13 @@ impl Store for SqliteStore {
                 next_fire_at: None,
             });
         };
+        let before = callback.clone();
         let notices = lifecycle::advance(&mut callback, policy, now);
         let next_fire_at = self
             .save(
                 &mut tx,
                 &mut callback,
-                stored_next,
+                Prior::of(&before, stored_next),
                 &notices,
                 now,
                 &mut effects,
@@ -807,6 +875,9 @@ impl Store for SqliteStore {
         ))
         .fetch_all(&self.reader)
         .await?;
+        stats.event_backlog = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM event_outbox")
+            .fetch_one(&self.reader)
+            .await? as u64;
         for row in rows {
             stats.at_risk.push((
                 parse_queue(row.get("queue"))?,
@@ -841,6 +912,158 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+
+    async fn pending_events(&self, limit: u32) -> Result<Vec<OutboxEvent>> {
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(sql::PENDING_EVENTS)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, id, event_type, body)| OutboxEvent {
+                seq,
+                id,
+                event_type,
+                body,
+            })
+            .collect())
+    }
+
+    async fn remove_events(&self, up_to_seq: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM event_outbox WHERE seq <= ?")
+            .bind(up_to_seq)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purge(&self, before: DateTime<Utc>, limit: u32) -> Result<Purged> {
+        let before = ms(before);
+        let mut tx = self.begin_write().await?;
+        let ids: Vec<String> = sqlx::query_scalar(sql::CLOSED_BEFORE)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut purged = Purged::default();
+        for chunk in ids.chunks(sql::CHUNK) {
+            // Children first: attempts and deliveries reference their callback.
+            purged.attempts += delete_where_in(&mut tx, "attempts", "callback_id", chunk).await?;
+            purged.deliveries +=
+                delete_where_in(&mut tx, "deliveries", "callback_id", chunk).await?;
+            purged.event_outbox +=
+                delete_where_in(&mut tx, "event_outbox", "callback_id", chunk).await?;
+            purged.callbacks += delete_where_in(&mut tx, "callbacks", "id", chunk).await?;
+        }
+        purged.inbound_events = sqlx::query(sql::PURGE_INBOUND_EVENTS)
+            .bind(before)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        purged.opt_outs = sqlx::query("DELETE FROM opt_outs WHERE until < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(purged)
+    }
+
+    async fn erase_phone(&self, phone: &Phone) -> Result<Erased> {
+        // The writer runs with `secure_delete`, so deleted rows are zeroed in the file.
+        let mut conn = self.writer.acquire().await?;
+        let erased = erase_in(&mut conn, phone).await?;
+        // Older copies of the pages live on in the WAL until a checkpoint: copy the erased
+        // pages into the database and empty the WAL. Best effort (a long read may hold it).
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut *conn)
+            .await
+        {
+            warn!(%error, "Could not checkpoint the WAL after an erasure.");
+        }
+        Ok(erased)
+    }
+}
+
+/// What an erased number is replaced with in other callbacks' free text.
+const ERASED: &str = "[erased]";
+
+/// Deletes every trace of `phone` but its opt-out, in one transaction on `conn`.
+async fn erase_in(conn: &mut SqliteConnection, phone: &Phone) -> Result<Erased> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM callbacks WHERE phone = ?")
+        .bind(phone.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut erased = Erased::default();
+    for chunk in ids.chunks(sql::CHUNK) {
+        erased.attempts += delete_where_in(&mut tx, "attempts", "callback_id", chunk).await?;
+        erased.deliveries += delete_where_in(&mut tx, "deliveries", "callback_id", chunk).await?;
+        erased.event_outbox +=
+            delete_where_in(&mut tx, "event_outbox", "callback_id", chunk).await?;
+    }
+    // Attempts carry the number too; none should be left, but the number must not be.
+    erased.attempts += sqlx::query("DELETE FROM attempts WHERE phone = ?")
+        .bind(phone.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    // Another callback's webhook body may name the number (in its context): a full scan,
+    // acceptable for a rare request that must leave no trace.
+    erased.deliveries += sqlx::query("DELETE FROM deliveries WHERE instr(body, ?) > 0")
+        .bind(phone.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    for chunk in ids.chunks(sql::CHUNK) {
+        erased.callbacks += delete_where_in(&mut tx, "callbacks", "id", chunk).await?;
+    }
+    // Other numbers' callbacks are not ours to delete, but free text they carry (context,
+    // customer, call, attempt notes) may name this number: blank it out there.
+    for (table, columns) in [
+        ("callbacks", &["context", "customer", "call_info"][..]),
+        ("attempts", &["note"][..]),
+    ] {
+        for column in columns {
+            erased.redacted += sqlx::query(&format!(
+                "UPDATE {table} SET {column} = replace({column}, ?1, ?2) \
+                 WHERE instr({column}, ?1) > 0"
+            ))
+            .bind(phone.as_str())
+            .bind(ERASED)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+    }
+    // The opt-out stays: erasing it would let the number be called again.
+    erased.opt_out_kept =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM opt_outs WHERE phone = ?)")
+            .bind(phone.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(erased)
+}
+
+/// Deletes the rows of `table` whose `column` is one of `values` (at most [`sql::CHUNK`]).
+async fn delete_where_in(
+    conn: &mut SqliteConnection,
+    table: &str,
+    column: &str,
+    values: &[String],
+) -> Result<u64> {
+    let sql = format!(
+        "DELETE FROM {table} WHERE {column} IN ({})",
+        vec!["?"; values.len()].join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for value in values {
+        query = query.bind(value);
+    }
+    Ok(query.execute(&mut *conn).await?.rows_affected())
 }
 
 /// The queries on hot paths, named so the query-plan test checks the very text that runs.
@@ -887,6 +1110,19 @@ mod sql {
     pub const PHONE_ATTEMPTS: &str = "SELECT at FROM attempts WHERE phone = ? AND at > ?";
     pub const NEXT_DELIVERY_AT: &str =
         "SELECT MIN(next_try_at) FROM deliveries WHERE state = 'pending'";
+    /// Binds: limit. (`seq > 0` is always true; it makes the plan a rowid range, which
+    /// shows that only the first `limit` rows are read.)
+    pub const PENDING_EVENTS: &str =
+        "SELECT seq, id, type, body FROM event_outbox WHERE seq > 0 ORDER BY seq LIMIT ?";
+    /// Closed callbacks that closed before a moment, oldest first (binds: before, limit).
+    /// Only closed callbacks have `closed_at`; the state test is a safety net, written `+state`
+    /// so the planner walks `callbacks_closed_at` instead of the state index.
+    pub const CLOSED_BEFORE: &str = "SELECT id FROM callbacks \
+         WHERE closed_at < ? AND +state IN ('completed', 'failed', 'cancelled', 'expired') \
+         ORDER BY closed_at, id LIMIT ?";
+    /// Binds: before, limit.
+    pub const PURGE_INBOUND_EVENTS: &str = "DELETE FROM inbound_events WHERE (source, id) IN \
+         (SELECT source, id FROM inbound_events WHERE applied_at < ? LIMIT ?)";
     pub const HOLD_URL: &str =
         "UPDATE deliveries SET state = 'disabled' WHERE url = ? AND state = 'pending'";
 
@@ -1168,6 +1404,25 @@ async fn upsert_callback(
     Ok(())
 }
 
+/// Writes lifecycle events to the outbox, in order (`seq` grows with each row).
+async fn insert_events(conn: &mut SqliteConnection, events: &[LifecycleEvent]) -> Result {
+    for event in events {
+        let rendered = crate::events::cloudevent(event);
+        sqlx::query(
+            "INSERT INTO event_outbox (id, callback_id, type, body, created_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&rendered.id)
+        .bind(event.callback_id.to_string())
+        .bind(&rendered.event_type)
+        .bind(&rendered.body)
+        .bind(ms(event.at))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Inserts deliveries; those to a disabled endpoint are held (`disabled`) instead of pending.
 async fn insert_deliveries(conn: &mut SqliteConnection, deliveries: &[Delivery]) -> Result<usize> {
     for d in deliveries {
@@ -1366,6 +1621,14 @@ mod tests {
             sql::NEXT_DELIVERY_AT.into(),
             sql::PHONE_ATTEMPTS.into(),
             sql::HOLD_URL.into(),
+            sql::PENDING_EVENTS.into(),
+            sql::CLOSED_BEFORE.into(),
+            sql::PURGE_INBOUND_EVENTS.into(),
+            "SELECT id FROM callbacks WHERE phone = ?".into(),
+            "DELETE FROM event_outbox WHERE seq <= ?".into(),
+            "DELETE FROM event_outbox WHERE callback_id IN (?, ?)".into(),
+            "DELETE FROM attempts WHERE callback_id IN (?, ?)".into(),
+            "DELETE FROM deliveries WHERE callback_id IN (?, ?)".into(),
             sql::open_for_phone(false),
             sql::open_for_phone(true),
             sql::ready_deliveries(),
@@ -1395,6 +1658,7 @@ mod tests {
                 "attempts",
                 "endpoints",
                 "opt_outs",
+                "event_outbox",
             ];
             // Scanning the batch's own VALUES rows is fine; scanning a table is not.
             let bad = plan.iter().any(|step| {

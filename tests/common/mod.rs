@@ -14,7 +14,7 @@ use callkeeper::config::Config;
 use callkeeper::ivr::IvrPublisher;
 use callkeeper::notify::receiver::{ReceivedWebhook, Receiver};
 use callkeeper::store::SharedStore;
-use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::BasicGetOptions;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -93,6 +93,7 @@ pub fn config_text(
         queue = "{names}.intake"
         dead_letter_exchange = "{names}.dlx"
         dead_letter_queue = "{names}.dead"
+        events_exchange = "{names}.events"
         reconnect_max_delay = "1s"
         [store]
         url = "sqlite://{db}"
@@ -248,6 +249,21 @@ impl TestApp {
         None
     }
 
+    /// Waits until the store holds `n` callbacks; false after `within`.
+    pub async fn wait_stored(&self, n: usize, within: Duration) -> bool {
+        let store = self.store.clone();
+        wait_for(within, || {
+            let store = store.clone();
+            async move {
+                store
+                    .list(&Default::default())
+                    .await
+                    .is_ok_and(|l| l.len() == n)
+            }
+        })
+        .await
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(worker) = self.worker.take() {
@@ -257,22 +273,21 @@ impl TestApp {
     }
 }
 
+/// Deletes the exchanges and queues a test's worker declared under `names`.
 pub async fn delete_topology(names: &str) {
+    let config = callkeeper::config::AmqpConfig {
+        exchange: names.to_string(),
+        queue: format!("{names}.intake"),
+        dead_letter_exchange: format!("{names}.dlx"),
+        dead_letter_queue: format!("{names}.dead"),
+        events_exchange: format!("{names}.events"),
+        ..Default::default()
+    };
     let Ok(connection) = lapin::Connection::connect(AMQP_URL, Default::default()).await else {
         return;
     };
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
-    for queue in [format!("{names}.intake"), format!("{names}.dead")] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for exchange in [names.to_string(), format!("{names}.dlx")] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
+    if let Ok(channel) = connection.create_channel().await {
+        let _ = callkeeper::intake::topology::delete(&channel, &config).await;
     }
 }
 

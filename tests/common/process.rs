@@ -74,3 +74,47 @@ fn spawn(config: &Path, log: Option<&Path>, rust_log: &str) -> Child {
         .spawn()
         .expect("callkeeper binary starts")
 }
+
+/// Everything a worker process needs, made fresh: names, database, config file on a free port,
+/// and a verifying receiver for its webhooks.
+pub struct Prepared {
+    pub dir: tempfile::TempDir,
+    pub names: String,
+    pub api: String,
+    pub config_path: PathBuf,
+    pub receiver: callkeeper::notify::receiver::Receiver,
+    pub webhooks:
+        tokio::sync::mpsc::UnboundedReceiver<callkeeper::notify::receiver::ReceivedWebhook>,
+}
+
+pub async fn prepare(queue_toml: &str) -> Prepared {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = super::new_secret();
+    let (receiver, webhooks) = callkeeper::notify::receiver::Receiver::start(vec![secret.clone()])
+        .await
+        .unwrap();
+    let names = super::unique_names();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config_path = dir.path().join("callkeeper.toml");
+    let text = super::config_text(
+        &names,
+        &dir.path().join("ck.db"),
+        &receiver.url(),
+        &secret,
+        port,
+        queue_toml,
+    );
+    std::fs::write(&config_path, text).unwrap();
+    Prepared {
+        api: format!("http://127.0.0.1:{port}"),
+        dir,
+        names,
+        config_path,
+        receiver,
+        webhooks,
+    }
+}

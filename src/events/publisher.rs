@@ -1,0 +1,298 @@
+//! Moves lifecycle events from the store's outbox to the events exchange, strictly in outbox
+//! order, on one confirm-mode channel; an event leaves the outbox only once the broker confirmed
+//! it. Its own connection (not intake's), so a slow or blocked publish never holds up intake.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::uri::AMQPUri;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use rand::Rng;
+use secrecy::ExposeSecret;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::AmqpConfig;
+use crate::store::{OutboxEvent, SharedStore};
+
+/// Events published per round; their confirms are awaited together.
+const BATCH: u32 = 200;
+/// Looks at the outbox at least this often, beside the wakeups after each commit (a commit by
+/// another process, or a wakeup lost to a restart, is picked up here), and notices a dead
+/// channel while idle.
+const POLL: Duration = Duration::from_secs(1);
+const RECONNECT_BASE: Duration = Duration::from_millis(500);
+/// Pause before reading the outbox again after a store error.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+enum PublishError {
+    #[error("AMQP: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("timed out connecting to the broker")]
+    ConnectTimeout,
+    #[error("the events channel closed")]
+    ChannelClosed,
+    #[error("the broker did not confirm event {seq}: {detail}")]
+    NotConfirmed { seq: i64, detail: String },
+}
+
+/// Publishes the outbox until shut down, reconnecting with backoff when the broker goes away.
+pub struct Publisher {
+    config: AmqpConfig,
+    store: SharedStore,
+    /// Notified by the store after a commit that wrote events.
+    wake: Arc<Notify>,
+}
+
+impl Publisher {
+    pub fn new(config: AmqpConfig, store: SharedStore, wake: Arc<Notify>) -> Self {
+        Self {
+            config,
+            store,
+            wake,
+        }
+    }
+
+    /// Runs until `shutdown`; fails only on a URL that can never work. Events stay in the
+    /// outbox while the broker is away and go out in order once it is back.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let uri: AMQPUri = self
+            .config
+            .url
+            .expose_secret()
+            .parse()
+            // The parser's message quotes the URL, password included, so it is not passed on.
+            .map_err(|_| anyhow::anyhow!("amqp.url is not a valid AMQP URL"))?;
+        let exchange = self.config.events_exchange.as_str();
+        let mut delay = RECONNECT_BASE;
+        let mut first = true;
+        while !shutdown.is_cancelled() {
+            if !first {
+                metrics::counter!("callkeeper_events_reconnects_total").increment(1);
+            }
+            first = false;
+            let result = self.session(uri.clone(), &shutdown, &mut delay).await;
+            metrics::gauge!("callkeeper_events_connected").set(0.0);
+            match result {
+                Ok(()) => break,
+                Err(error) => {
+                    let wait = jitter(delay);
+                    delay = (delay * 2).min(self.config.reconnect_max_delay.max(RECONNECT_BASE));
+                    warn!(
+                        %exchange,
+                        %error,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "Lost the events connection; events wait in the outbox. Reconnecting."
+                    );
+                    if pause(wait, &shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        info!(%exchange, "Events publisher stopped.");
+        Ok(())
+    }
+
+    /// One connection from connect to loss (`Err`) or shutdown (`Ok`).
+    async fn session(
+        &self,
+        uri: AMQPUri,
+        shutdown: &CancellationToken,
+        delay: &mut Duration,
+    ) -> Result<(), PublishError> {
+        let (connection, channel) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            connected = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(uri)) => {
+                connected.map_err(|_| PublishError::ConnectTimeout)??
+            }
+        };
+        *delay = RECONNECT_BASE;
+        metrics::gauge!("callkeeper_events_connected").set(1.0);
+        info!(exchange = %self.config.events_exchange, "Publishing lifecycle events.");
+        let result = self.publish_loop(&channel, shutdown).await;
+        let reason = if result.is_ok() {
+            "shutdown"
+        } else {
+            "reconnecting"
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
+        result
+    }
+
+    async fn connect(&self, uri: AMQPUri) -> Result<(Connection, Channel), PublishError> {
+        let properties = ConnectionProperties::default().with_connection_name(
+            format!("callkeeper events {}", self.config.events_exchange).into(),
+        );
+        let connection = Connection::connect_uri(uri, properties).await?;
+        let channel = connection.create_channel().await?;
+        if self.config.declare_topology {
+            channel
+                .exchange_declare(
+                    self.config.events_exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok((connection, channel))
+    }
+
+    /// Publishes rounds of outbox events until shutdown (`Ok`) or a broker failure (`Err`).
+    async fn publish_loop(
+        &self,
+        channel: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PublishError> {
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let batch = match self.store.pending_events(BATCH).await {
+                Ok(batch) => batch,
+                Err(error) => {
+                    metrics::counter!("callkeeper_store_errors_total", "operation" => "pending_events")
+                        .increment(1);
+                    warn!(%error, "Could not read the events outbox; will retry.");
+                    if pause(STORE_RETRY, shutdown).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                if !channel.status().connected() {
+                    return Err(PublishError::ChannelClosed);
+                }
+                continue;
+            }
+            let (confirmed, failure) = match self.publish(channel, &batch).await {
+                Ok(last) => (Some(last), None),
+                Err((last, error)) => (last, Some(error)),
+            };
+            // Remove what was confirmed even when the rest failed, so the retry after the
+            // reconnect starts at the first unconfirmed event.
+            if let Some(last) = confirmed {
+                self.remove(last, shutdown).await;
+            }
+            if let Some(error) = failure {
+                return Err(error);
+            }
+        }
+    }
+
+    /// Publishes `batch` in order and waits for every confirm. Returns the last confirmed
+    /// `seq`; on failure, the last `seq` of the unbroken confirmed prefix (if any) and why.
+    async fn publish(
+        &self,
+        channel: &Channel,
+        batch: &[OutboxEvent],
+    ) -> Result<i64, (Option<i64>, PublishError)> {
+        let exchange = self.config.events_exchange.as_str();
+        let mut confirms = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for event in batch {
+            let properties = BasicProperties::default()
+                .with_content_type("application/cloudevents+json".into())
+                // Persistent: kept by the broker across its restarts once routed to a durable queue.
+                .with_delivery_mode(2)
+                .with_message_id(event.id.as_str().into())
+                .with_type(event.event_type.as_str().into())
+                .with_app_id("callkeeper".into());
+            match channel
+                .basic_publish(
+                    exchange.into(),
+                    event.event_type.as_str().into(),
+                    BasicPublishOptions::default(),
+                    event.body.as_bytes(),
+                    properties,
+                )
+                .await
+            {
+                Ok(confirm) => confirms.push((event.seq, confirm)),
+                Err(error) => {
+                    // Later events must not overtake this one: stop here.
+                    failure = Some(PublishError::from(error));
+                    break;
+                }
+            }
+        }
+        let mut last_confirmed = None;
+        for (seq, confirm) in confirms {
+            let problem = match confirm.await {
+                Ok(Confirmation::Ack(_)) => None,
+                Ok(other) => Some(format!("{other:?}")),
+                Err(error) => Some(error.to_string()),
+            };
+            match problem {
+                None => {
+                    last_confirmed = Some(seq);
+                    metrics::counter!("callkeeper_events_published_total").increment(1);
+                }
+                Some(detail) => {
+                    return Err((last_confirmed, PublishError::NotConfirmed { seq, detail }));
+                }
+            }
+        }
+        match (failure, last_confirmed) {
+            (None, Some(last)) => {
+                debug!(events = batch.len(), "Lifecycle events published.");
+                Ok(last)
+            }
+            (Some(error), last) => Err((last, error)),
+            (None, None) => Err((None, PublishError::ChannelClosed)),
+        }
+    }
+
+    /// Deletes confirmed events, retrying while the store is down: if this gave up, they would
+    /// be published again (harmless for consumers that dedupe by id, but noisy).
+    async fn remove(&self, up_to_seq: i64, shutdown: &CancellationToken) {
+        loop {
+            match self.store.remove_events(up_to_seq).await {
+                Ok(_) => return,
+                Err(error) => {
+                    metrics::counter!("callkeeper_store_errors_total", "operation" => "remove_events")
+                        .increment(1);
+                    warn!(%error, "Could not remove published events from the outbox; will retry.");
+                    if pause(STORE_RETRY, shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Somewhere in the upper half of `delay`, so many workers do not reconnect in step.
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+/// Sleeps, or returns `true` early when shutdown comes.
+async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}
