@@ -1209,6 +1209,7 @@ impl Rig {
             for exchange in [
                 self.config.amqp.exchange.as_str(),
                 self.config.amqp.dead_letter_exchange.as_str(),
+                self.config.amqp.events_exchange.as_str(),
             ] {
                 let _ = broker
                     .channel
@@ -1249,6 +1250,7 @@ exchange = "{names}"
 queue = "{names}.intake"
 dead_letter_exchange = "{names}.dlx"
 dead_letter_queue = "{names}.dead"
+events_exchange = "{names}.events"
 
 [store]
 url = "sqlite://{db}"
