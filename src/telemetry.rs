@@ -96,8 +96,7 @@ pub async fn refresh_store_gauges(
     clock: crate::clock::SharedClock,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    use crate::domain::sla::SlaReport;
-    use crate::domain::State;
+    use crate::domain::{SlaStatus, State};
 
     let mut tick = tokio::time::interval(GAUGE_PERIOD);
     loop {
@@ -116,6 +115,15 @@ pub async fn refresh_store_gauges(
         };
         metrics::gauge!("callkeeper_events_outbox_pending").set(stats.event_backlog as f64);
         let now = clock.now();
+        let sla_counts = match store.sla_counts(now - ATTAINMENT_WINDOW, now).await {
+            Ok(counts) => counts,
+            Err(error) => {
+                metrics::counter!("callkeeper_store_errors_total", "operation" => "sla_counts")
+                    .increment(1);
+                tracing::warn!(%error, "Could not count SLA outcomes for the gauges; will retry.");
+                Vec::new()
+            }
+        };
         // Every label set is written each round, zeros included, so a drained state reads 0
         // rather than its last value.
         for queue in rules.queue_names() {
@@ -143,21 +151,17 @@ pub async fn refresh_store_gauges(
                 .map_or(0, |r| r.1);
             metrics::gauge!("callkeeper_callbacks_at_risk", "queue" => q.clone())
                 .set(at_risk as f64);
-            match store
-                .sla_rows(Some(queue), now - ATTAINMENT_WINDOW, now)
-                .await
-            {
-                Ok(rows) => {
-                    if let Some(attainment) = SlaReport::from_rows(&rows).attainment {
-                        metrics::gauge!("callkeeper_sla_attainment_ratio", "queue" => q)
-                            .set(attainment);
-                    }
-                }
-                Err(error) => {
-                    metrics::counter!("callkeeper_store_errors_total", "operation" => "sla_rows")
-                        .increment(1);
-                    tracing::warn!(%error, "Could not read SLA figures for the gauges; will retry.");
-                }
+            let count = |status: SlaStatus| -> u64 {
+                sla_counts
+                    .iter()
+                    .filter(|(sq, ss, _)| sq == queue && *ss == status)
+                    .map(|r| r.2)
+                    .sum()
+            };
+            let (met, missed) = (count(SlaStatus::Met), count(SlaStatus::Missed));
+            if met + missed > 0 {
+                metrics::gauge!("callkeeper_sla_attainment_ratio", "queue" => q)
+                    .set(met as f64 / (met + missed) as f64);
             }
         }
     }

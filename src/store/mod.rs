@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::inbound::{AttemptReport, Inbound, InboundOutcome};
 use crate::domain::lifecycle::LifecycleError;
 use crate::domain::sla::SlaRow;
+use crate::domain::SlaStatus;
 use crate::domain::{Attempt, Callback, CallbackId, CancelReason, Phone, QueueName, State};
 use crate::notify::{Delivery, DeliveryState};
 use crate::schedule::{Rules, Wakeups};
@@ -206,6 +207,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts for the metrics gauges.
     async fn stats(&self) -> Result<Stats>;
+    /// Callbacks requested in `[from, to)` per queue and SLA status, counted in the database
+    /// (the gauges need only counts, and a busy day holds millions of rows).
+    async fn sla_counts(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(QueueName, SlaStatus, u64)>>;
     /// The callbacks requested in `[from, to)`, in one queue or all, for the SLA report.
     async fn sla_rows(
         &self,

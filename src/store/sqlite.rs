@@ -887,6 +887,30 @@ impl Store for SqliteStore {
         Ok(stats)
     }
 
+    async fn sla_counts(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(QueueName, SlaStatus, u64)>> {
+        let rows = sqlx::query(
+            "SELECT queue, sla, count(*) AS n FROM callbacks \
+             WHERE requested_at >= ? AND requested_at < ? GROUP BY queue, sla",
+        )
+        .bind(ms(from))
+        .bind(ms(to))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    parse_queue(row.get("queue"))?,
+                    parse_word("sla", row.get("sla"), SlaStatus::parse)?,
+                    row.get::<i64, _>("n") as u64,
+                ))
+            })
+            .collect()
+    }
+
     async fn sla_rows(
         &self,
         queue: Option<&QueueName>,
