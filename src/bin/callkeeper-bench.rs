@@ -2012,3 +2012,37 @@ fn thousands(n: u64) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slope_of_a_steady_rise_is_its_rate() {
+        let samples: Vec<(f64, u64)> = (0..50).map(|i| (i as f64 * 0.1, 100 + 30 * i)).collect();
+        assert!((slope(&samples) - 300.0).abs() < 1e-6);
+        assert_eq!(slope(&[(0.0, 5)]), 0.0);
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let mut values: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let p = Percentiles::of(&mut values);
+        assert_eq!((p.p50, p.p99, p.max), (50.0, 99.0, 100.0));
+        assert_eq!(Percentiles::of(&mut []).summary(0), "none delivered");
+    }
+
+    #[test]
+    fn phone_numbers_are_distinct_and_valid_across_ranges() {
+        check_phone_ranges(1_000_050).unwrap();
+        assert_ne!(phone(9_999_999), phone(19_999_999));
+        assert!(check_phone_ranges(PHONE_CLONE_BASE).is_err());
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000_050), "1,000,050");
+    }
+}
