@@ -1149,8 +1149,11 @@ struct Rig {
 
 impl Rig {
     async fn new(env: &Env, scenario: &str) -> anyhow::Result<Self> {
-        let names = format!("ck.bench.{}.{scenario}", &env.run[env.run.len() - 12..]);
-        let dir = std::env::temp_dir().join(format!("callkeeper-bench-{}-{scenario}", env.run));
+        // Fresh per rig, so a scenario run again never meets what its first attempt left.
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let suffix = &id[id.len() - 12..];
+        let names = format!("ck.bench.{suffix}.{scenario}");
+        let dir = std::env::temp_dir().join(format!("callkeeper-bench-{suffix}-{scenario}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let secret: SecretString = format!(
             "whsec_{}",
@@ -1198,6 +1201,14 @@ impl Rig {
 
     /// Deletes the run's exchanges and queues and the scratch folder.
     async fn finish(self, env: &Env) {
+        // The broker may be restarting (that may be why the scenario failed): wait for it, so
+        // no queue full of messages is left behind.
+        if wait_for_broker(&env.amqp_url).await.is_err() {
+            eprintln!(
+                "  note: could not reach RabbitMQ to delete {}.*",
+                self.names
+            );
+        }
         if let Ok(broker) = Broker::connect(&env.amqp_url).await {
             for queue in [
                 self.config.amqp.queue.as_str(),
@@ -1852,6 +1863,9 @@ impl Report {
             if quick { "quick" } else { "full" }
         );
         let _ = writeln!(out, "- command: `{}`", env.command);
+        if let Some(commit) = git_commit().await {
+            let _ = writeln!(out, "- callkeeper commit: `{commit}`");
+        }
         let _ = writeln!(out, "- machine: {}", machine().await);
         let _ = writeln!(
             out,
@@ -1906,6 +1920,18 @@ impl Report {
         }
         out
     }
+}
+
+/// The checked-out commit, when the bench runs inside the repository.
+async fn git_commit() -> Option<String> {
+    let output = tokio::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .stderr(Stdio::null())
+        .output()
+        .await
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
 /// Cores, memory and RabbitMQ version, for the record.
@@ -1985,4 +2011,38 @@ fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slope_of_a_steady_rise_is_its_rate() {
+        let samples: Vec<(f64, u64)> = (0..50).map(|i| (i as f64 * 0.1, 100 + 30 * i)).collect();
+        assert!((slope(&samples) - 300.0).abs() < 1e-6);
+        assert_eq!(slope(&[(0.0, 5)]), 0.0);
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let mut values: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let p = Percentiles::of(&mut values);
+        assert_eq!((p.p50, p.p99, p.max), (50.0, 99.0, 100.0));
+        assert_eq!(Percentiles::of(&mut []).summary(0), "none delivered");
+    }
+
+    #[test]
+    fn phone_numbers_are_distinct_and_valid_across_ranges() {
+        check_phone_ranges(1_000_050).unwrap();
+        assert_ne!(phone(9_999_999), phone(19_999_999));
+        assert!(check_phone_ranges(PHONE_CLONE_BASE).is_err());
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000_050), "1,000,050");
+    }
 }
