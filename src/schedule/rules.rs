@@ -86,6 +86,16 @@ impl Week {
     }
 
     fn in_zone(&self, zone: Tz) -> Calendar {
+        // Whole days every day with no exceptions is "always": skip the interval walk, which
+        // would otherwise merge touching days across the whole search horizon on every call.
+        let whole_day =
+            |r: &Range| r.start == chrono::NaiveTime::MIN && r.end == chrono::NaiveTime::MIN;
+        let always = self.days.iter().all(|day| day.iter().any(whole_day))
+            && self.closed.is_empty()
+            && self.closures.is_empty();
+        if always {
+            return Calendar::Always;
+        }
         Calendar::weekly(zone, self.days.clone(), self.closed.clone())
             .with_recurring(self.openings.clone(), self.closures.clone())
     }
