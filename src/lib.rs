@@ -16,6 +16,7 @@ pub mod events;
 pub mod intake;
 pub mod ivr;
 pub mod notify;
+pub mod reconnect;
 pub mod retention;
 pub mod schedule;
 pub mod store;

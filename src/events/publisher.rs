@@ -11,13 +11,13 @@ use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
-use rand::Rng;
 use secrecy::ExposeSecret;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::AmqpConfig;
+use crate::reconnect::{pause, Backoff};
 use crate::store::{OutboxEvent, SharedStore};
 
 /// Events published per round; their confirms are awaited together.
@@ -72,20 +72,19 @@ impl Publisher {
             // The parser's message quotes the URL, password included, so it is not passed on.
             .map_err(|_| anyhow::anyhow!("amqp.url is not a valid AMQP URL"))?;
         let exchange = self.config.events_exchange.as_str();
-        let mut delay = RECONNECT_BASE;
+        let mut backoff = Backoff::new(RECONNECT_BASE, self.config.reconnect_max_delay);
         let mut first = true;
         while !shutdown.is_cancelled() {
             if !first {
                 metrics::counter!("callkeeper_events_reconnects_total").increment(1);
             }
             first = false;
-            let result = self.session(uri.clone(), &shutdown, &mut delay).await;
+            let result = self.session(uri.clone(), &shutdown, &mut backoff).await;
             metrics::gauge!("callkeeper_events_connected").set(0.0);
             match result {
                 Ok(()) => break,
                 Err(error) => {
-                    let wait = jitter(delay);
-                    delay = (delay * 2).min(self.config.reconnect_max_delay.max(RECONNECT_BASE));
+                    let wait = backoff.next_delay();
                     warn!(
                         %exchange,
                         %error,
@@ -107,7 +106,7 @@ impl Publisher {
         &self,
         uri: AMQPUri,
         shutdown: &CancellationToken,
-        delay: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<(), PublishError> {
         let (connection, channel) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -115,7 +114,7 @@ impl Publisher {
                 connected.map_err(|_| PublishError::ConnectTimeout)??
             }
         };
-        *delay = RECONNECT_BASE;
+        backoff.reset();
         metrics::gauge!("callkeeper_events_connected").set(1.0);
         info!(exchange = %self.config.events_exchange, "Publishing lifecycle events.");
         let result = self.publish_loop(&channel, shutdown).await;
@@ -281,18 +280,5 @@ impl Publisher {
                 }
             }
         }
-    }
-}
-
-/// Somewhere in the upper half of `delay`, so many workers do not reconnect in step.
-fn jitter(delay: Duration) -> Duration {
-    delay.mul_f64(rand::rng().random_range(0.5..=1.0))
-}
-
-/// Sleeps, or returns `true` early when shutdown comes.
-async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(delay) => false,
     }
 }

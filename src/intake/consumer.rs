@@ -19,7 +19,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
-use rand::Rng;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -29,6 +28,7 @@ use super::topology;
 use crate::clock::SharedClock;
 use crate::config::AmqpConfig;
 use crate::domain::inbound::{Inbound, InboundOutcome, Rejection};
+use crate::reconnect::{pause, Backoff};
 use crate::schedule::Rules;
 use crate::store::SharedStore;
 use crate::telemetry::SharedHealth;
@@ -545,62 +545,9 @@ fn describe(uri: &AMQPUri) -> String {
     )
 }
 
-/// Sleeps, or returns `true` early when shutdown comes.
-async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(delay) => false,
-    }
-}
-
-/// Exponential backoff with jitter, so many workers do not retry in step.
-#[derive(Debug)]
-struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            base,
-            max: max.max(base),
-            attempt: 0,
-        }
-    }
-
-    /// Somewhere in the upper half of `base * 2^attempt`, capped at `max`.
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(2u32.saturating_pow(self.attempt.min(20)))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let first = backoff.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..30 {
-            assert!(backoff.next_delay() <= Duration::from_secs(2));
-        }
-        assert!(backoff.next_delay() >= Duration::from_secs(1));
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
-    }
 
     #[test]
     fn describe_hides_the_password() {
