@@ -571,7 +571,11 @@ async fn deliveries_can_be_listed_read_and_replayed() {
     let app = spawn_app().await;
     let id = app.seed_one("support").await;
     // The callback is due at once: one timer step makes its `callback.due` delivery.
-    let advanced = app.store.advance(id, Utc::now()).await.expect("advance");
+    let advanced = app
+        .store
+        .advance_one(id, Utc::now())
+        .await
+        .expect("advance");
     assert_eq!(advanced.deliveries, 1);
 
     let page: Value = app.get("/v1/deliveries").await.json().await.unwrap();
@@ -834,7 +838,7 @@ async fn sla_report_matches_a_known_scenario_exactly() {
         .unwrap();
     // C: nobody called within the 4-hour target. D: still within it.
     app.store
-        .advance(ids[2], t0 + minutes(5 * 60))
+        .advance_one(ids[2], t0 + minutes(5 * 60))
         .await
         .unwrap();
 

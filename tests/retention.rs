@@ -118,7 +118,7 @@ impl Harness {
             InboundOutcome::Created(id) => id,
             other => panic!("expected a new callback, got {other:?}"),
         };
-        let advanced = self.store.advance(id, at).await.unwrap();
+        let advanced = self.store.advance_one(id, at).await.unwrap();
         assert_eq!(advanced.deliveries, 1);
         id
     }
@@ -188,7 +188,7 @@ async fn purge_removes_exactly_the_old_closed_callbacks() {
     });
     let expired = h.due(windowed, old).await;
     h.store
-        .advance(expired, old + TimeDelta::hours(2))
+        .advance_one(expired, old + TimeDelta::hours(2))
         .await
         .unwrap();
     let expired_cb = h.store.get(expired).await.unwrap().unwrap();

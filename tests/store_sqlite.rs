@@ -458,7 +458,7 @@ async fn later_events_in_a_batch_see_earlier_ones() {
 async fn advance_when_due_queues_one_due_webhook() {
     let h = harness().await;
     let id = h.create(PHONE, "support", t0()).await;
-    let advanced = h.store.advance(id, t0()).await.unwrap();
+    let advanced = h.store.advance_one(id, t0()).await.unwrap();
     assert_eq!(advanced.deliveries, 1);
     // Next: at-risk time, 15 minutes before the 4 h deadline.
     assert_eq!(
@@ -483,7 +483,7 @@ async fn advance_when_due_queues_one_due_webhook() {
     );
     assert_eq!(h.store.get_delivery(&d.id).await.unwrap().as_ref(), Some(d));
 
-    let again = h.store.advance(id, t0() + mins(1)).await.unwrap();
+    let again = h.store.advance_one(id, t0() + mins(1)).await.unwrap();
     assert_eq!(again.deliveries, 0);
     assert_eq!(h.deliveries_of(id).await.len(), 1, "no second due webhook");
 }
@@ -493,16 +493,16 @@ async fn at_risk_goes_out_once_then_missed_escalates() {
     let h = harness().await;
     let id = h.create(PHONE, "support", t0()).await;
     let deadline = t0() + TimeDelta::hours(4);
-    h.store.advance(id, t0()).await.unwrap();
-    let at_risk = h.store.advance(id, deadline - mins(10)).await.unwrap();
+    h.store.advance_one(id, t0()).await.unwrap();
+    let at_risk = h.store.advance_one(id, deadline - mins(10)).await.unwrap();
     assert_eq!(at_risk.deliveries, 1);
     assert_eq!(at_risk.next_fire_at, Some(deadline));
-    let quiet = h.store.advance(id, deadline - mins(5)).await.unwrap();
+    let quiet = h.store.advance_one(id, deadline - mins(5)).await.unwrap();
     assert_eq!(quiet.deliveries, 0);
     let notices: Vec<Notice> = h.deliveries_of(id).await.iter().map(|d| d.notice).collect();
     assert_eq!(notices, vec![Notice::Due, Notice::AtRisk]);
 
-    let missed = h.store.advance(id, deadline + mins(1)).await.unwrap();
+    let missed = h.store.advance_one(id, deadline + mins(1)).await.unwrap();
     assert_eq!(missed.deliveries, 2);
     assert_eq!(missed.next_fire_at, None);
     let cb = h.store.get(id).await.unwrap().unwrap();
@@ -534,7 +534,7 @@ async fn advance_long_past_the_deadline_sends_due_and_missed() {
     let id = h.create(PHONE, "support", t0()).await;
     let advanced = h
         .store
-        .advance(id, t0() + TimeDelta::hours(5))
+        .advance_one(id, t0() + TimeDelta::hours(5))
         .await
         .unwrap();
     assert_eq!(
@@ -558,7 +558,7 @@ async fn advance_long_past_the_deadline_sends_due_and_missed() {
 async fn advance_before_the_fire_time_changes_nothing() {
     let h = harness().await;
     let id = h.create(PHONE, "support", t0()).await;
-    let early = h.store.advance(id, t0() - mins(1)).await.unwrap();
+    let early = h.store.advance_one(id, t0() - mins(1)).await.unwrap();
     assert_eq!(early.deliveries, 0);
     assert_eq!(early.next_fire_at, Some(t0()));
     assert_eq!(
@@ -566,9 +566,29 @@ async fn advance_before_the_fire_time_changes_nothing() {
         State::Scheduled
     );
     assert!(matches!(
-        h.store.advance(CallbackId::new(), t0()).await,
+        h.store.advance_one(CallbackId::new(), t0()).await,
         Err(StoreError::NotFound)
     ));
+}
+
+#[tokio::test]
+async fn advance_steps_a_batch_in_order_and_reports_the_missing() {
+    let h = harness().await;
+    let first = h.create(PHONE, "support", t0()).await;
+    let second = h.create("+31612345679", "support", t0()).await;
+    let stepped = h
+        .store
+        .advance(&[first, CallbackId::new(), second], t0())
+        .await
+        .unwrap();
+    assert_eq!(stepped.len(), 3);
+    assert_eq!(stepped[0].as_ref().map(|a| a.deliveries), Some(1));
+    assert_eq!(stepped[1], None);
+    assert_eq!(stepped[2].as_ref().map(|a| a.deliveries), Some(1));
+    for id in [first, second] {
+        assert_eq!(h.store.get(id).await.unwrap().unwrap().state, State::Due);
+        assert_eq!(h.deliveries_of(id).await.len(), 1);
+    }
 }
 
 #[tokio::test]
@@ -727,7 +747,7 @@ async fn api_cancel_closes_the_callback() {
 async fn delivery_tries_retry_give_up_and_deliver() {
     let h = harness().await;
     let id = h.create(PHONE, "support", t0()).await;
-    h.store.advance(id, t0()).await.unwrap();
+    h.store.advance_one(id, t0()).await.unwrap();
     let d = h.deliveries_of(id).await.remove(0);
 
     assert_eq!(h.store.next_delivery_at().await.unwrap(), Some(t0()));
@@ -814,7 +834,7 @@ async fn gone_disables_the_endpoint_until_a_replay() {
     let b = h.create("+31612345670", "support", t0()).await;
     let s = h.create("+31612345671", "sales", t0()).await;
     for id in [a, b, s] {
-        h.store.advance(id, t0()).await.unwrap();
+        h.store.advance_one(id, t0()).await.unwrap();
     }
     let da = h.deliveries_of(a).await.remove(0);
     let db = h.deliveries_of(b).await.remove(0);
@@ -842,7 +862,7 @@ async fn gone_disables_the_endpoint_until_a_replay() {
 
     // New notices to the disabled endpoint are held too.
     let c = h.create("+31612345672", "support", t0()).await;
-    h.store.advance(c, t0()).await.unwrap();
+    h.store.advance_one(c, t0()).await.unwrap();
     assert_eq!(h.deliveries_of(c).await[0].state, DeliveryState::Disabled);
 
     // Replaying one re-enables the endpoint.
@@ -854,7 +874,7 @@ async fn gone_disables_the_endpoint_until_a_replay() {
         .unwrap();
     assert_eq!(replayed.state, DeliveryState::Pending);
     let d = h.create("+31612345673", "support", t0() + mins(1)).await;
-    h.store.advance(d, t0() + mins(1)).await.unwrap();
+    h.store.advance_one(d, t0() + mins(1)).await.unwrap();
     assert_eq!(h.deliveries_of(d).await[0].state, DeliveryState::Pending);
     let disabled = h
         .store
@@ -909,7 +929,7 @@ async fn list_pages_with_a_cursor_return_each_callback_once() {
 async fn data_survives_close_and_reopen() {
     let h = harness().await;
     let id = h.create(PHONE, "support", t0()).await;
-    h.store.advance(id, t0()).await.unwrap();
+    h.store.advance_one(id, t0()).await.unwrap();
     let before = h.store.get(id).await.unwrap().unwrap();
     h.store.close().await;
 
@@ -955,7 +975,7 @@ async fn wakeups_follow_commits() {
     h.apply(nowhere, t0()).await;
     assert!(h.wakeups.fire.try_recv().is_err());
 
-    h.store.advance(id, t0()).await.unwrap();
+    h.store.advance_one(id, t0()).await.unwrap();
     let deliveries = h.wakeups.deliveries.clone();
     tokio::time::timeout(Duration::from_secs(10), deliveries.notified())
         .await
@@ -1111,7 +1131,7 @@ async fn concurrent_writers_and_readers_do_not_collide() {
     for (i, id) in ids.iter().copied().enumerate() {
         let h = h.clone();
         tasks.spawn(async move {
-            h.store.advance(id, t0()).await.unwrap();
+            h.store.advance_one(id, t0()).await.unwrap();
             h.store
                 .claim(id, &format!("agent-{i}"), t0())
                 .await
@@ -1257,10 +1277,10 @@ async fn a_personal_callback_falls_back_to_the_queue_once_across_a_restart() {
     personal.agent_id = Some("agent-7".into());
     let id = h.create_from(personal, t0()).await;
 
-    let first = h.store.advance(id, t0()).await.unwrap();
+    let first = h.store.advance_one(id, t0()).await.unwrap();
     assert_eq!(first.deliveries, 1);
     assert_eq!(first.next_fire_at, Some(t0() + mins(10)));
-    let quiet = h.store.advance(id, t0() + mins(9)).await.unwrap();
+    let quiet = h.store.advance_one(id, t0() + mins(9)).await.unwrap();
     assert_eq!(quiet.deliveries, 0);
 
     // A restart between the two offers: the fallback is stored, not remembered.
@@ -1271,10 +1291,10 @@ async fn a_personal_callback_falls_back_to_the_queue_once_across_a_restart() {
     store.migrate().await.unwrap();
     let times = store.fire_times(t0() + mins(10), 10).await.unwrap();
     assert_eq!(times, vec![(t0() + mins(10), id)]);
-    let second = store.advance(id, t0() + mins(10)).await.unwrap();
+    let second = store.advance_one(id, t0() + mins(10)).await.unwrap();
     assert_eq!(second.deliveries, 1);
     for later in [t0() + mins(11), t0() + TimeDelta::hours(1)] {
-        assert_eq!(store.advance(id, later).await.unwrap().deliveries, 0);
+        assert_eq!(store.advance_one(id, later).await.unwrap().deliveries, 0);
     }
     let h = Harness { store, ..h };
 
@@ -1295,7 +1315,7 @@ async fn a_claim_before_the_fallback_keeps_a_personal_callback_with_its_agent() 
     let mut personal = request(PHONE, "retry");
     personal.agent_id = Some("agent-7".into());
     let id = h.create_from(personal, t0()).await;
-    h.store.advance(id, t0()).await.unwrap();
+    h.store.advance_one(id, t0()).await.unwrap();
     h.store.claim(id, "agent-7", t0() + mins(5)).await.unwrap();
     assert!(h
         .store
@@ -1303,7 +1323,7 @@ async fn a_claim_before_the_fallback_keeps_a_personal_callback_with_its_agent() 
         .await
         .unwrap()
         .is_empty());
-    h.store.advance(id, t0() + mins(10)).await.unwrap();
+    h.store.advance_one(id, t0() + mins(10)).await.unwrap();
     let bodies = h.due_bodies(id).await;
     assert_eq!(bodies.len(), 1);
     assert_eq!(bodies[0]["data"]["offered_to"], "agent");
@@ -1319,7 +1339,7 @@ async fn a_window_closed_on_arrival_is_stored_and_expires_without_a_due() {
     });
     let id = h.create_from(late, t0()).await;
     assert_eq!(h.store.fire_times(t0(), 10).await.unwrap().len(), 1);
-    h.store.advance(id, t0()).await.unwrap();
+    h.store.advance_one(id, t0()).await.unwrap();
     let cb = h.store.get(id).await.unwrap().unwrap();
     assert_eq!((cb.state, cb.sla), (State::Expired, SlaStatus::Missed));
     let notices: Vec<Notice> = h.deliveries_of(id).await.iter().map(|d| d.notice).collect();
@@ -1447,7 +1467,7 @@ async fn every_write_path_puts_its_lifecycle_events_in_the_outbox() {
         t0(),
     )
     .await;
-    h.store.advance(id, t0()).await.unwrap();
+    h.store.advance_one(id, t0()).await.unwrap();
     h.store.claim(id, "a1", t0()).await.unwrap();
     // Refused: writes nothing, so no event.
     assert!(h.store.claim(id, "a2", t0()).await.is_err());
@@ -1456,7 +1476,7 @@ async fn every_write_path_puts_its_lifecycle_events_in_the_outbox() {
         .await
         .unwrap();
     // The 10-minute retry delay carries up to 10 % jitter: step past its latest due time.
-    h.store.advance(id, t0() + mins(13)).await.unwrap();
+    h.store.advance_one(id, t0() + mins(13)).await.unwrap();
     h.store
         .record_attempt(id, &report("a1", Outcome::Busy), t0() + mins(14))
         .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn, Instrument as _};
+use tracing::{debug, warn};
 
 use crate::clock::SharedClock;
 use crate::domain::CallbackId;
@@ -19,7 +19,10 @@ use crate::store::SharedStore;
 const LOAD_LIMIT: u32 = 20_000;
 /// Longest sleep, so a manual clock moved by a test (or a wall-clock jump) is noticed soon.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
-/// Pause before retrying a callback whose step failed (store down).
+/// Most callbacks stepped in one store transaction: large enough that a burst costs few
+/// commits, small enough that the first of a batch is not held back long by the last.
+const STEP_BATCH: usize = 512;
+/// Pause before retrying callbacks whose step failed (store down).
 const RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(1);
 
 pub struct Timer {
@@ -56,7 +59,10 @@ impl Timer {
         loop {
             self.step().await;
             let sleep = self.sleep_for();
+            // Shutdown first: after a full batch the sleep is zero, and a long backlog must not
+            // hold up the drain.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 Some(hint) = self.hints.recv() => self.take_hint(hint),
                 _ = tokio::time::sleep(sleep) => {}
@@ -68,46 +74,53 @@ impl Timer {
         }
     }
 
-    /// Refills the window when it runs short and fires everything due; returns how many
-    /// callbacks were stepped. The run loop calls this; tests may too.
+    /// Refills the window when it runs short and steps the callbacks due, at most `STEP_BATCH`
+    /// of them in one store transaction; returns how many were stepped. The run loop calls
+    /// this again at once while more are due, checking for shutdown in between.
     pub async fn step(&mut self) -> usize {
         let now = self.clock.now();
         if let Err(error) = self.refill(now).await {
             warn!(%error, "Could not load fire times; will retry.");
         }
-        let mut fired = 0;
-        while let Some(&(at, id)) = self.pending.first() {
-            if at > now {
-                break;
+        let mut due = Vec::new();
+        while due.len() < STEP_BATCH {
+            match self.pending.first() {
+                Some(&(at, _)) if at <= now => due.extend(self.pending.pop_first()),
+                _ => break,
             }
-            self.pending.pop_first();
-            fired += 1;
-            let span = tracing::debug_span!("callback", callback_id = %id);
-            match self.store.advance(id, now).instrument(span).await {
-                Ok(advanced) => {
+        }
+        if due.is_empty() {
+            metrics::gauge!("callkeeper_timer_pending").set(self.pending.len() as f64);
+            return 0;
+        }
+        let ids: Vec<CallbackId> = due.iter().map(|&(_, id)| id).collect();
+        match self.store.advance(&ids, now).await {
+            Ok(stepped) => {
+                for (&(at, id), advanced) in due.iter().zip(stepped) {
                     let lateness = (now - at).to_std().unwrap_or_default();
                     metrics::histogram!("callkeeper_timer_lateness_seconds")
                         .record(lateness.as_secs_f64());
-                    if advanced.deliveries > 0 {
-                        debug!(callback_id = %id, deliveries = advanced.deliveries, "Callback stepped.");
+                    match advanced {
+                        Some(advanced) => {
+                            if let Some(next) = advanced.next_fire_at {
+                                self.take_hint((next, id));
+                            }
+                        }
+                        // Erased (right to erasure) while its fire time was in hand.
+                        None => {
+                            debug!(callback_id = %id, "Callback is gone; dropped from the timer.")
+                        }
                     }
-                    if let Some(next) = advanced.next_fire_at {
-                        self.take_hint((next, id));
-                    }
                 }
-                // Erased (right to erasure) while its fire time was in hand: nothing left to do.
-                Err(crate::store::StoreError::NotFound) => {
-                    debug!(callback_id = %id, "Callback is gone; dropped from the timer.");
-                }
-                Err(error) => {
-                    warn!(callback_id = %id, %error, "Could not step callback; will retry.");
-                    self.pending.insert((now + RETRY_AFTER, id));
-                    break;
-                }
+            }
+            Err(error) => {
+                warn!(%error, callbacks = due.len(), "Could not step callbacks; will retry.");
+                self.pending
+                    .extend(due.iter().map(|&(_, id)| (now + RETRY_AFTER, id)));
             }
         }
         metrics::gauge!("callkeeper_timer_pending").set(self.pending.len() as f64);
-        fired
+        due.len()
     }
 
     async fn refill(&mut self, now: DateTime<Utc>) -> crate::store::Result {

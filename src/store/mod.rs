@@ -188,8 +188,19 @@ pub trait Store: Send + Sync + 'static {
         until: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<(DateTime<Utc>, CallbackId)>>;
-    /// Applies the time-driven transitions due at `now` and queues their webhooks.
-    async fn advance(&self, id: CallbackId, now: DateTime<Utc>) -> Result<Advanced>;
+    /// Applies the time-driven transitions due at `now` to each callback and queues their
+    /// webhooks, all in one transaction. One entry per id, in order; `None` for a callback
+    /// that no longer exists.
+    async fn advance(
+        &self,
+        ids: &[CallbackId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<Advanced>>>;
+    /// [`Store::advance`] for a single callback; `NotFound` when it no longer exists.
+    async fn advance_one(&self, id: CallbackId, now: DateTime<Utc>) -> Result<Advanced> {
+        let mut stepped = self.advance(&[id], now).await?;
+        stepped.pop().flatten().ok_or(StoreError::NotFound)
+    }
 
     /// Pending deliveries whose time has come, earliest first, at most `limit`.
     async fn ready_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>>;

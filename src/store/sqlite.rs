@@ -276,6 +276,58 @@ impl SqliteStore {
         Ok(cancelled)
     }
 
+    /// Steps one callback inside the caller's transaction; `None` when it no longer exists
+    /// (erased while its fire time was in the timer's hands).
+    async fn advance_in(
+        &self,
+        conn: &mut SqliteConnection,
+        id: CallbackId,
+        now: DateTime<Utc>,
+        effects: &mut Effects,
+    ) -> Result<Option<Advanced>> {
+        let Some((mut callback, stored_next)) = load_callback(conn, id).await? else {
+            return Ok(None);
+        };
+        match stored_next {
+            Some(at) if at <= now => {}
+            _ => {
+                return Ok(Some(Advanced {
+                    deliveries: 0,
+                    next_fire_at: stored_next,
+                }))
+            }
+        }
+        let Some(policy) = self.policy(&callback.queue) else {
+            warn!(queue = %callback.queue, "Callback's queue is no longer configured; left as it is.");
+            // Nothing for the timer to do until the queue is configured again (a restart
+            // reloads it from the stored fire time).
+            return Ok(Some(Advanced {
+                deliveries: 0,
+                next_fire_at: None,
+            }));
+        };
+        let before = callback.clone();
+        let notices = lifecycle::advance(&mut callback, policy, now);
+        let queued_before = effects.deliveries;
+        let next_fire_at = self
+            .save(
+                conn,
+                &mut callback,
+                Prior::of(&before, stored_next),
+                &notices,
+                now,
+                effects,
+            )
+            .await?;
+        for notice in &notices {
+            debug!(callback_id = %callback.id, notice = %notice, "Callback notice queued.");
+        }
+        Ok(Some(Advanced {
+            deliveries: (effects.deliveries - queued_before) as u32,
+            next_fire_at,
+        }))
+    }
+
     async fn request_in(
         &self,
         conn: &mut SqliteConnection,
@@ -638,54 +690,25 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn advance(&self, id: CallbackId, now: DateTime<Utc>) -> Result<Advanced> {
+    async fn advance(
+        &self,
+        ids: &[CallbackId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<Advanced>>> {
         let now = truncate(now);
         let mut effects = Effects::default();
+        let mut stepped = Vec::with_capacity(ids.len());
+        // One transaction (one fsync) for the whole batch: per-callback commits capped firing
+        // at the disk's flush rate.
         let mut tx = self.begin_write().await?;
-        let (mut callback, stored_next) = load_callback(&mut tx, id)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let unchanged = Advanced {
-            deliveries: 0,
-            next_fire_at: stored_next,
-        };
-        match stored_next {
-            Some(at) if at <= now => {}
-            _ => return Ok(unchanged),
+        for &id in ids {
+            stepped.push(self.advance_in(&mut tx, id, now, &mut effects).await?);
         }
-        let Some(policy) = self.policy(&callback.queue) else {
-            warn!(queue = %callback.queue, "Callback's queue is no longer configured; left as it is.");
-            // Nothing for the timer to do until the queue is configured again (a restart
-            // reloads it from the stored fire time).
-            return Ok(Advanced {
-                deliveries: 0,
-                next_fire_at: None,
-            });
-        };
-        let before = callback.clone();
-        let notices = lifecycle::advance(&mut callback, policy, now);
-        let next_fire_at = self
-            .save(
-                &mut tx,
-                &mut callback,
-                Prior::of(&before, stored_next),
-                &notices,
-                now,
-                &mut effects,
-            )
-            .await?;
-        let deliveries = effects.deliveries as u32;
         tx.commit().await?;
-        // The caller (the timer) is told the next time in the return value; still send the
-        // wakeup, so every path that changes a fire time reports it the same way.
+        // The caller (the timer) is told the next times in the return value; still send the
+        // wakeups, so every path that changes a fire time reports it the same way.
         effects.wake(&self.settings.wakeups);
-        for notice in &notices {
-            debug!(callback_id = %callback.id, notice = %notice, "Callback notice queued.");
-        }
-        Ok(Advanced {
-            deliveries,
-            next_fire_at,
-        })
+        Ok(stepped)
     }
 
     async fn ready_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>> {
