@@ -744,6 +744,37 @@ async fn api_cancel_closes_the_callback() {
 }
 
 #[tokio::test]
+async fn tries_finished_together_are_recorded_together() {
+    let h = harness().await;
+    let first = h.create(PHONE, "support", t0()).await;
+    let second = h.create("+31612345679", "support", t0()).await;
+    h.store.advance(&[first, second], t0()).await.unwrap();
+    let a = h.deliveries_of(first).await.remove(0);
+    let b = h.deliveries_of(second).await.remove(0);
+    let retry_at = t0() + mins(1);
+    let tries = [
+        (a.id.clone(), TryResult::Delivered { status: 204 }),
+        ("msg_purged_meanwhile".to_owned(), TryResult::Gone),
+        (
+            b.id.clone(),
+            TryResult::Failed {
+                status: Some(503),
+                error: "service unavailable".into(),
+                retry_at: Some(retry_at),
+            },
+        ),
+    ];
+    assert_eq!(h.store.record_tries(&tries, t0()).await.unwrap(), 2);
+    let a = h.store.get_delivery(&a.id).await.unwrap().unwrap();
+    assert_eq!((a.state, a.tries), (DeliveryState::Delivered, 1));
+    let b = h.store.get_delivery(&b.id).await.unwrap().unwrap();
+    assert_eq!(
+        (b.state, b.tries, b.next_try_at),
+        (DeliveryState::Pending, 1, retry_at)
+    );
+}
+
+#[tokio::test]
 async fn delivery_tries_retry_give_up_and_deliver() {
     let h = harness().await;
     let id = h.create(PHONE, "support", t0()).await;

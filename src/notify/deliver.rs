@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng as _;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use secrecy::SecretString;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -45,6 +45,8 @@ const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
 const RESPONSE_DRAIN_MAX: usize = 64 * 1024;
 /// Most deliveries fetched per store query beyond those already held in memory.
 const FETCH_MAX: usize = 2000;
+/// Most finished tries recorded in one store transaction.
+const RECORD_BATCH: usize = 512;
 /// How long shutdown waits for in-flight sends beyond the request timeout.
 const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 
@@ -332,14 +334,16 @@ pub struct Notifier {
 /// What every send task needs.
 struct Worker {
     client: reqwest::Client,
-    store: SharedStore,
     rules: Arc<Rules>,
     config: NotifyConfig,
     clock: SharedClock,
+    /// Finished tries go to the [`Recorder`].
+    finished: mpsc::UnboundedSender<Finished>,
 }
 
 impl Worker {
-    /// Sends one try and records it; returns when the delivery should be looked at again.
+    /// Sends one try and waits until it is recorded; returns when the delivery should be looked
+    /// at again. Until it returns, the loop holds the delivery, so it is not sent twice.
     async fn send_and_record(
         &self,
         delivery: Delivery,
@@ -353,18 +357,60 @@ impl Worker {
             &delivery,
         )
         .await;
-        self.record(&delivery, &result).await;
-        match result {
-            TryResult::Failed { retry_at, .. } => retry_at,
+        let retry_at = match &result {
+            TryResult::Failed { retry_at, .. } => *retry_at,
             _ => None,
+        };
+        let (recorded, done) = oneshot::channel();
+        let finished = Finished {
+            delivery_id: delivery.id,
+            result,
+            recorded,
+        };
+        // The recorder outlives every send task; if it is gone, shutdown is cutting us off and
+        // the delivery stays pending, to be sent again under the same `webhook-id`.
+        if self.finished.send(finished).is_ok() {
+            let _ = done.await;
+        }
+        retry_at
+    }
+}
+
+/// One try, sent and classified, waiting to be recorded.
+struct Finished {
+    delivery_id: String,
+    result: TryResult,
+    recorded: oneshot::Sender<()>,
+}
+
+/// Writes finished tries to the store, all that queued up meanwhile in one transaction, so a
+/// burst of deliveries costs a few commits instead of one each (group commit).
+struct Recorder {
+    store: SharedStore,
+    clock: SharedClock,
+    finished: mpsc::UnboundedReceiver<Finished>,
+}
+
+impl Recorder {
+    /// Runs until every sender is gone and the last tries are recorded.
+    async fn run(mut self) {
+        let mut batch = Vec::new();
+        while self.finished.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+            let tries: Vec<(String, TryResult)> = batch
+                .iter()
+                .map(|f| (f.delivery_id.clone(), f.result.clone()))
+                .collect();
+            self.record(&tries).await;
+            for finished in batch.drain(..) {
+                let _ = finished.recorded.send(());
+            }
         }
     }
 
-    /// Records a try. The result is kept and recording retried while the store is down: losing
-    /// it would resend (harmless, same `webhook-id`) but also lose a give-up or a 410.
-    async fn record(&self, delivery: &Delivery, result: &TryResult) {
-        let delivery_id = delivery.id.as_str();
-        let recorded = (|| self.store.record_try(delivery_id, result, self.clock.now()))
+    /// The results are kept and recording retried while the store is down: losing them would
+    /// resend (harmless, same `webhook-id`) but also lose a give-up or a 410.
+    async fn record(&self, tries: &[(String, TryResult)]) {
+        let recorded = (|| self.store.record_tries(tries, self.clock.now()))
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(100))
@@ -374,11 +420,11 @@ impl Worker {
             )
             .when(is_transient)
             .notify(|err, retry_in| {
-                warn!(delivery_id, error = %err, ?retry_in, "Could not record a webhook try; retrying.")
+                warn!(tries = tries.len(), error = %err, ?retry_in, "Could not record webhook tries; retrying.")
             })
             .await;
         if let Err(err) = recorded {
-            error!(delivery_id, error = %err, "Could not record a webhook try.");
+            error!(tries = tries.len(), error = %err, "Could not record webhook tries.");
         }
     }
 }
@@ -537,12 +583,21 @@ impl Notifier {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let client = http_client(&self.config).context("building the webhook HTTP client")?;
         let drain_timeout = self.config.timeout + DRAIN_MARGIN;
+        let (finished, to_record) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(
+            Recorder {
+                store: self.store.clone(),
+                clock: self.clock.clone(),
+                finished: to_record,
+            }
+            .run(),
+        );
         let worker = Arc::new(Worker {
             client,
-            store: self.store.clone(),
             rules: self.rules.clone(),
             config: self.config.clone(),
             clock: self.clock.clone(),
+            finished,
         });
         let mut lanes = Lanes::new(&self.config);
         let mut tasks = JoinSet::new();
@@ -620,6 +675,13 @@ impl Notifier {
                 left,
                 "Stopped waiting for webhook sends; they stay pending and will be sent again."
             );
+        }
+        // The last sender goes with the worker; the recorder then writes what is left and ends.
+        drop(worker);
+        let recorder_abort = recorder.abort_handle();
+        if tokio::time::timeout(DRAIN_MARGIN, recorder).await.is_err() {
+            recorder_abort.abort();
+            warn!("Stopped waiting to record webhook tries; those deliveries will be sent again.");
         }
         info!("Webhook delivery stopped.");
         Ok(())

@@ -206,7 +206,22 @@ pub trait Store: Send + Sync + 'static {
     async fn ready_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>>;
     /// When the earliest pending delivery is due, if any.
     async fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>>;
-    async fn record_try(&self, id: &str, result: &TryResult, now: DateTime<Utc>) -> Result;
+    /// Records finished tries in one transaction; returns how many deliveries still existed.
+    async fn record_tries(
+        &self,
+        tries: &[(String, TryResult)],
+        now: DateTime<Utc>,
+    ) -> Result<usize>;
+    /// [`Store::record_tries`] for a single try; `NotFound` when the delivery does not exist.
+    async fn record_try(&self, id: &str, result: &TryResult, now: DateTime<Utc>) -> Result {
+        match self
+            .record_tries(&[(id.to_owned(), result.clone())], now)
+            .await?
+        {
+            0 => Err(StoreError::NotFound),
+            _ => Ok(()),
+        }
+    }
     async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>>;
     async fn list_deliveries(
         &self,

@@ -727,85 +727,22 @@ impl Store for SqliteStore {
         at.map(from_ms).transpose()
     }
 
-    async fn record_try(&self, id: &str, result: &TryResult, now: DateTime<Utc>) -> Result {
+    async fn record_tries(
+        &self,
+        tries: &[(String, TryResult)],
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
         let now = ms(now);
+        let mut recorded = 0;
+        // One transaction for every try the notifier finished meanwhile (group commit).
         let mut tx = self.begin_write().await?;
-        let url: Option<String> = sqlx::query_scalar("SELECT url FROM deliveries WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(url) = url else {
-            return Err(StoreError::NotFound);
-        };
-        match result {
-            TryResult::Delivered { status } => {
-                sqlx::query(
-                    "UPDATE deliveries SET state = 'delivered', tries = tries + 1, \
-                     last_status = ?, last_error = NULL, delivered_at = ? WHERE id = ?",
-                )
-                .bind(status)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            TryResult::Failed {
-                status,
-                error,
-                retry_at: Some(retry_at),
-            } => {
-                // State untouched: a delivery held meanwhile (410 on a sibling) stays held.
-                sqlx::query(
-                    "UPDATE deliveries SET tries = tries + 1, next_try_at = ?, \
-                     last_status = ?, last_error = ? WHERE id = ?",
-                )
-                .bind(ms(*retry_at))
-                .bind(status)
-                .bind(error)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            TryResult::Failed {
-                status,
-                error,
-                retry_at: None,
-            } => {
-                sqlx::query(
-                    "UPDATE deliveries SET state = 'failed', tries = tries + 1, \
-                     last_status = ?, last_error = ? WHERE id = ?",
-                )
-                .bind(status)
-                .bind(error)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            TryResult::Gone => {
-                sqlx::query(
-                    "INSERT INTO endpoints (url, disabled_at) VALUES (?, ?) \
-                     ON CONFLICT (url) DO UPDATE SET disabled_at = excluded.disabled_at",
-                )
-                .bind(&url)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE deliveries SET state = 'disabled', tries = tries + 1, \
-                     last_status = 410, last_error = 'endpoint answered 410 Gone' WHERE id = ?",
-                )
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                let held = sqlx::query(sql::HOLD_URL)
-                    .bind(&url)
-                    .execute(&mut *tx)
-                    .await?;
-                warn!(held = held.rows_affected(), "Webhook endpoint answered 410 Gone; disabled it and held its pending deliveries.");
+        for (id, result) in tries {
+            if record_try_in(&mut tx, id, result, now).await? {
+                recorded += 1;
             }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(recorded)
     }
 
     async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>> {
@@ -1037,6 +974,96 @@ impl Store for SqliteStore {
 const ERASED: &str = "[erased]";
 
 /// Deletes every trace of `phone` but its opt-out, in one transaction on `conn`.
+/// Records one try inside the caller's transaction; `false` when the delivery no longer exists
+/// (purged or erased while it was being sent).
+async fn record_try_in(
+    conn: &mut SqliteConnection,
+    id: &str,
+    result: &TryResult,
+    now: i64,
+) -> Result<bool> {
+    let url: Option<String> = sqlx::query_scalar("SELECT url FROM deliveries WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(url) = url else {
+        return Ok(false);
+    };
+
+    match result {
+        TryResult::Delivered { status } => {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'delivered', tries = tries + 1, \
+                 last_status = ?, last_error = NULL, delivered_at = ? WHERE id = ?",
+            )
+            .bind(status)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        TryResult::Failed {
+            status,
+            error,
+            retry_at: Some(retry_at),
+        } => {
+            // State untouched: a delivery held meanwhile (410 on a sibling) stays held.
+            sqlx::query(
+                "UPDATE deliveries SET tries = tries + 1, next_try_at = ?, \
+                 last_status = ?, last_error = ? WHERE id = ?",
+            )
+            .bind(ms(*retry_at))
+            .bind(status)
+            .bind(error)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        TryResult::Failed {
+            status,
+            error,
+            retry_at: None,
+        } => {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'failed', tries = tries + 1, \
+                 last_status = ?, last_error = ? WHERE id = ?",
+            )
+            .bind(status)
+            .bind(error)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        TryResult::Gone => {
+            sqlx::query(
+                "INSERT INTO endpoints (url, disabled_at) VALUES (?, ?) \
+                 ON CONFLICT (url) DO UPDATE SET disabled_at = excluded.disabled_at",
+            )
+            .bind(&url)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "UPDATE deliveries SET state = 'disabled', tries = tries + 1, \
+                 last_status = 410, last_error = 'endpoint answered 410 Gone' WHERE id = ?",
+            )
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            let held = sqlx::query(sql::HOLD_URL)
+                .bind(&url)
+                .execute(&mut *conn)
+                .await?;
+            warn!(
+                held = held.rows_affected(),
+                "Webhook endpoint answered 410 Gone; disabled it and held its pending deliveries."
+            );
+        }
+    }
+
+    Ok(true)
+}
+
 async fn erase_in(conn: &mut SqliteConnection, phone: &Phone) -> Result<Erased> {
     use sqlx::Connection as _;
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
