@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng as _;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use secrecy::SecretString;
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -342,9 +342,11 @@ struct Worker {
 }
 
 impl Worker {
-    /// Sends one try and waits until it is recorded; returns when the delivery should be looked
-    /// at again. Until it returns, the loop holds the delivery, so it is not sent twice.
-    async fn send_and_record(
+    /// Sends one try and hands its result to the recorder; returns when the delivery should be
+    /// looked at again. The slots are freed on return, before the try is recorded: they bound
+    /// requests to endpoints, not writes. The loop holds the delivery until it is recorded, so
+    /// it is not sent twice meanwhile.
+    async fn send(
         &self,
         delivery: Delivery,
         _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
@@ -361,34 +363,24 @@ impl Worker {
             TryResult::Failed { retry_at, .. } => *retry_at,
             _ => None,
         };
-        let (recorded, done) = oneshot::channel();
-        let finished = Finished {
-            delivery_id: delivery.id,
-            result,
-            recorded,
-        };
         // The recorder outlives every send task; if it is gone, shutdown is cutting us off and
         // the delivery stays pending, to be sent again under the same `webhook-id`.
-        if self.finished.send(finished).is_ok() {
-            let _ = done.await;
-        }
+        let _ = self.finished.send((delivery.id, result));
         retry_at
     }
 }
 
-/// One try, sent and classified, waiting to be recorded.
-struct Finished {
-    delivery_id: String,
-    result: TryResult,
-    recorded: oneshot::Sender<()>,
-}
+/// A try, sent and classified, on its way to the store: the delivery id and the result.
+type Finished = (String, TryResult);
 
 /// Writes finished tries to the store, all that queued up meanwhile in one transaction, so a
-/// burst of deliveries costs a few commits instead of one each (group commit).
+/// burst of deliveries costs a few commits instead of one each (group commit). Tells the loop
+/// which deliveries are recorded, so it can let go of them.
 struct Recorder {
     store: SharedStore,
     clock: SharedClock,
     finished: mpsc::UnboundedReceiver<Finished>,
+    recorded: mpsc::UnboundedSender<Vec<String>>,
 }
 
 impl Recorder {
@@ -396,20 +388,16 @@ impl Recorder {
     async fn run(mut self) {
         let mut batch = Vec::new();
         while self.finished.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-            let tries: Vec<(String, TryResult)> = batch
-                .iter()
-                .map(|f| (f.delivery_id.clone(), f.result.clone()))
-                .collect();
-            self.record(&tries).await;
-            for finished in batch.drain(..) {
-                let _ = finished.recorded.send(());
-            }
+            self.record(&batch).await;
+            let ids = batch.drain(..).map(|(id, _)| id).collect();
+            // The loop is gone only at the end of shutdown, when nothing needs letting go.
+            let _ = self.recorded.send(ids);
         }
     }
 
     /// The results are kept and recording retried while the store is down: losing them would
     /// resend (harmless, same `webhook-id`) but also lose a give-up or a 410.
-    async fn record(&self, tries: &[(String, TryResult)]) {
+    async fn record(&self, tries: &[Finished]) {
         let recorded = (|| self.store.record_tries(tries, self.clock.now()))
             .retry(
                 ExponentialBuilder::default()
@@ -462,7 +450,9 @@ impl Lanes {
             per_endpoint: HashMap::new(),
             max_in_flight: config.max_in_flight,
             max_per_endpoint: config.max_in_flight_per_endpoint,
-            backlog_per_endpoint: config.max_in_flight_per_endpoint.max(1) * 4,
+            // Deep enough that a burst to one endpoint needs few store reads (each returns the
+            // held ones again), small enough to bound memory: 32 bodies per slot.
+            backlog_per_endpoint: config.max_in_flight_per_endpoint.max(1) * 32,
             skipped: 0,
             more_ready: false,
         }
@@ -531,7 +521,7 @@ impl Lanes {
                     notice = %delivery.notice,
                 );
                 let handle = tasks.spawn(
-                    async move { worker.send_and_record(delivery, (global, local)).await }
+                    async move { worker.send(delivery, (global, local)).await }
                         .instrument(span),
                 );
                 running.insert(handle.id(), delivery_id);
@@ -550,6 +540,7 @@ impl Lanes {
         self.report_in_flight();
     }
 
+    /// Lets go of a delivery whose try is recorded (or was never made).
     fn finished(&mut self, delivery_id: &str) {
         self.held.remove(delivery_id);
         self.report_in_flight();
@@ -584,11 +575,13 @@ impl Notifier {
         let client = http_client(&self.config).context("building the webhook HTTP client")?;
         let drain_timeout = self.config.timeout + DRAIN_MARGIN;
         let (finished, to_record) = mpsc::unbounded_channel();
+        let (recorded_tx, mut recorded) = mpsc::unbounded_channel();
         let recorder = tokio::spawn(
             Recorder {
                 store: self.store.clone(),
                 clock: self.clock.clone(),
                 finished: to_record,
+                recorded: recorded_tx,
             }
             .run(),
         );
@@ -639,20 +632,31 @@ impl Notifier {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(joined) = tasks.join_next_with_id() => {
-                    let (id, retry_at) = match joined {
-                        Ok((id, retry_at)) => (id, retry_at),
+                    // A send finished: its slots are free for the waiting ones. Its delivery
+                    // stays held until the recorder reports it, unless the task died.
+                    let retry_at = match joined {
+                        Ok((id, retry_at)) => {
+                            running.remove(&id);
+                            retry_at
+                        }
                         Err(err) => {
                             error!(error = %err, "A webhook send task failed.");
-                            (err.id(), None)
+                            if let Some(delivery_id) = running.remove(&err.id()) {
+                                lanes.finished(&delivery_id);
+                            }
+                            None
                         }
                     };
-                    if let Some(delivery_id) = running.remove(&id) {
-                        lanes.finished(&delivery_id);
-                    }
                     if let Some(retry_at) = retry_at {
                         next_look = Some(next_look.map_or(retry_at, |at| at.min(retry_at)));
                     }
-                    // Slots freed up: refill them if the store holds more than we took.
+                    false
+                }
+                Some(ids) = recorded.recv() => {
+                    for delivery_id in ids {
+                        lanes.finished(&delivery_id);
+                    }
+                    // Room in the lanes: refill them if the store holds more than we took.
                     lanes.more_ready
                 }
                 _ = self.wake.notified() => true,

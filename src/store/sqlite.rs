@@ -1572,8 +1572,8 @@ fn opt_time(raw: Option<i64>) -> Result<Option<DateTime<Utc>>> {
 fn callback_from_row(row: &SqliteRow) -> Result<(Callback, Option<DateTime<Utc>>)> {
     let phone: String = row.try_get("phone")?;
     // Never echo the number itself into an error text.
-    let phone = Phone::parse(&phone)
-        .map_err(|_| StoreError::Corrupt("callbacks.phone: not a valid number".into()))?;
+    let phone = Phone::from_stored(&phone)
+        .map_err(|_| StoreError::Corrupt("callbacks.phone: not an E.164 number".into()))?;
     let window = match (
         row.try_get::<Option<i64>, _>("window_not_before")?,
         row.try_get::<Option<i64>, _>("window_not_after")?,
