@@ -166,7 +166,7 @@ impl Harness {
 
     async fn deliveries_of(&self, id: CallbackId) -> Vec<callkeeper::notify::Delivery> {
         let mut all = self.store.list_deliveries(None, 500).await.unwrap();
-        all.retain(|d| d.callback_id == id);
+        all.retain(|d| d.callback_id == Some(id));
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }

@@ -29,7 +29,7 @@ pub fn deliveries_for(
         for url in urls {
             out.push(Delivery {
                 id: format!("msg_{}", Uuid::now_v7().simple()),
-                callback_id: callback.id,
+                callback_id: Some(callback.id),
                 queue: callback.queue.clone(),
                 notice,
                 url: url.to_owned(),

@@ -1460,7 +1460,7 @@ async fn insert_deliveries(conn: &mut SqliteConnection, deliveries: &[Delivery])
                ?, ?, ?, ?, ?, ?)",
         )
         .bind(&d.id)
-        .bind(d.callback_id.to_string())
+        .bind(d.callback_id.map(|id| id.to_string()))
         .bind(d.queue.as_str())
         .bind(d.notice.as_str())
         .bind(&d.url)
@@ -1595,7 +1595,11 @@ fn attempt_from_row(row: &SqliteRow) -> Result<Attempt> {
 fn delivery_from_row(row: &SqliteRow) -> Result<Delivery> {
     Ok(Delivery {
         id: row.try_get("id")?,
-        callback_id: parse_id(&row.try_get::<String, _>("callback_id")?)?,
+        callback_id: row
+            .try_get::<Option<String>, _>("callback_id")?
+            .as_deref()
+            .map(parse_id)
+            .transpose()?,
         queue: parse_queue(&row.try_get::<String, _>("queue")?)?,
         notice: parse_word(
             "notice",
