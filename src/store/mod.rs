@@ -204,6 +204,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Delivery>>;
     /// Makes a given-up or held delivery pending again (and re-enables its endpoint).
     async fn replay_delivery(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Delivery>>;
+    /// Stores an SLA digest (a delivery of no callback) unless one with its id is stored
+    /// already; the id is made from the queue and day, so a second run or a restart never makes
+    /// a second digest. Held like any delivery when its endpoint is disabled. True when stored.
+    async fn add_sla_digest(&self, delivery: &Delivery) -> Result<bool>;
 
     /// Counts for the metrics gauges.
     async fn stats(&self) -> Result<Stats>;

@@ -994,6 +994,16 @@ impl Store for SqliteStore {
         Ok(purged)
     }
 
+    async fn add_sla_digest(&self, delivery: &Delivery) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let added = insert_digest(&mut tx, delivery).await?;
+        tx.commit().await?;
+        if added {
+            self.settings.wakeups.deliveries_ready();
+        }
+        Ok(added)
+    }
+
     async fn erase_phone(&self, phone: &Phone) -> Result<Erased> {
         // The writer runs with `secure_delete`, so deleted rows are zeroed in the file.
         let mut conn = self.writer.acquire().await?;
@@ -1149,6 +1159,15 @@ mod sql {
          (SELECT source, id FROM inbound_events WHERE applied_at < ? LIMIT ?)";
     pub const HOLD_URL: &str =
         "UPDATE deliveries SET state = 'disabled' WHERE url = ? AND state = 'pending'";
+    /// An SLA digest (no callback), held when its endpoint is disabled; a stored id wins.
+    /// Binds: id, queue, notice, url, body, url, state, tries, next_try_at, created_at.
+    pub const INSERT_DIGEST: &str = "INSERT INTO deliveries (id, callback_id, queue, notice, \
+           url, body, state, tries, next_try_at, created_at) \
+         VALUES (?, NULL, ?, ?, ?, ?, \
+           CASE WHEN EXISTS (SELECT 1 FROM endpoints WHERE url = ? AND disabled_at IS NOT NULL) \
+                THEN 'disabled' ELSE ? END, \
+           ?, ?, ?) \
+         ON CONFLICT (id) DO NOTHING";
 
     /// Open callbacks of a phone, in one queue when `by_queue` (binds: phone[, queue]).
     pub fn open_for_phone(by_queue: bool) -> String {
@@ -1179,7 +1198,6 @@ mod sql {
         )
     }
 
-    /// Newest first: ids are `msg_<uuidv7>`, so descending id is descending creation time.
     /// `?1` is the queue (ignored when `by_queue` is false), `?2`/`?3` the period.
     pub fn sla_rows(by_queue: bool) -> &'static str {
         if by_queue {
@@ -1191,6 +1209,8 @@ mod sql {
         }
     }
 
+    /// Newest first: ids start with their creation time (`msg_<uuidv7>`; a digest's UUIDv8
+    /// starts with the end of its day), so descending id is descending creation time.
     pub fn list_deliveries(by_state: bool) -> String {
         let filter = if by_state { "WHERE state = ?" } else { "" };
         format!("SELECT {DELIVERY_COLUMNS} FROM deliveries {filter} ORDER BY id DESC LIMIT ?")
@@ -1479,6 +1499,26 @@ async fn insert_deliveries(conn: &mut SqliteConnection, deliveries: &[Delivery])
     Ok(deliveries.len())
 }
 
+/// Inserts an SLA digest like [`insert_deliveries`] does, except that a digest whose id is
+/// stored already is left alone: its id names the queue and day, so this makes it once.
+/// Returns whether it was inserted.
+async fn insert_digest(conn: &mut SqliteConnection, d: &Delivery) -> Result<bool> {
+    let inserted = sqlx::query(sql::INSERT_DIGEST)
+        .bind(&d.id)
+        .bind(d.queue.as_str())
+        .bind(d.notice.as_str())
+        .bind(&d.url)
+        .bind(&d.body)
+        .bind(&d.url)
+        .bind(d.state.as_str())
+        .bind(d.tries)
+        .bind(ms(d.next_try_at))
+        .bind(ms(d.created_at))
+        .execute(&mut *conn)
+        .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("JSON encode: {e}")))
 }
@@ -1652,6 +1692,7 @@ mod tests {
             sql::PENDING_EVENTS.into(),
             sql::CLOSED_BEFORE.into(),
             sql::PURGE_INBOUND_EVENTS.into(),
+            sql::INSERT_DIGEST.into(),
             "SELECT id FROM callbacks WHERE phone = ?".into(),
             "DELETE FROM event_outbox WHERE seq <= ?".into(),
             "DELETE FROM event_outbox WHERE callback_id IN (?, ?)".into(),
