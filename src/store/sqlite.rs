@@ -990,6 +990,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        purged.digests = purge_digests(&mut tx, before, limit).await?;
         tx.commit().await?;
         Ok(purged)
     }
@@ -1168,6 +1169,11 @@ mod sql {
                 THEN 'disabled' ELSE ? END, \
            ?, ?, ?) \
          ON CONFLICT (id) DO NOTHING";
+    /// Digests made before a moment that are not waiting to be sent (binds: before, limit).
+    /// Found through `deliveries_callback_id`: one per queue and day, few enough to filter.
+    pub const PURGE_DIGESTS: &str = "DELETE FROM deliveries WHERE id IN \
+         (SELECT id FROM deliveries \
+          WHERE callback_id IS NULL AND created_at < ? AND state <> 'pending' LIMIT ?)";
 
     /// Open callbacks of a phone, in one queue when `by_queue` (binds: phone[, queue]).
     pub fn open_for_phone(by_queue: bool) -> String {
@@ -1519,6 +1525,21 @@ async fn insert_digest(conn: &mut SqliteConnection, d: &Delivery) -> Result<bool
     Ok(inserted.rows_affected() == 1)
 }
 
+/// Removes at most `limit` digests that are no longer pending and were made more than
+/// [`crate::digest::CATCH_UP`] before `before`. Digests belong to no callback, so the callback
+/// purge never reaches them. They are kept that day longer because the digest task, starting,
+/// looks back that far for a digest it may have missed and finds it by its id: removed any
+/// sooner (`closed_after` may be as short as an hour), it would be made and sent again.
+async fn purge_digests(conn: &mut SqliteConnection, before: i64, limit: u32) -> Result<u64> {
+    let before = before.saturating_sub(crate::digest::CATCH_UP.num_milliseconds());
+    let purged = sqlx::query(sql::PURGE_DIGESTS)
+        .bind(before)
+        .bind(limit)
+        .execute(&mut *conn)
+        .await?;
+    Ok(purged.rows_affected())
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("JSON encode: {e}")))
 }
@@ -1692,6 +1713,7 @@ mod tests {
             sql::PENDING_EVENTS.into(),
             sql::CLOSED_BEFORE.into(),
             sql::PURGE_INBOUND_EVENTS.into(),
+            sql::PURGE_DIGESTS.into(),
             sql::INSERT_DIGEST.into(),
             "SELECT id FROM callbacks WHERE phone = ?".into(),
             "DELETE FROM event_outbox WHERE seq <= ?".into(),
