@@ -34,7 +34,8 @@ pub struct Running {
     drain_timeout: Duration,
 }
 
-/// Opens the store, binds the HTTP port and starts intake, timer, notifier and API.
+/// Opens the store, binds the HTTP port and starts intake, timer, notifier and API, and beside
+/// them retention and the SLA digests.
 /// Everything that can fail on bad setup fails here, before the worker reports started.
 pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running> {
     let rules = Arc::new(Rules::from_config(&config));
@@ -48,6 +49,8 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
     let store = store::open(&config.store.url, settings)
         .await
         .context("opening the store")?;
+    let digests = crate::digest::SlaDigests::new(store.clone(), clock.clone(), &config)
+        .context("reading the SLA digest schedules")?;
     let api_tokens = Arc::new(api_tokens(&config)?);
     let health: SharedHealth = Arc::new(Health::default());
     let metrics = telemetry::metrics_handle();
@@ -115,6 +118,9 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
         crate::retention::Retention::new(store.clone(), clock.clone(), config.retention.clone());
     let token = shutdown.child_token();
     tasks.spawn(async move { ("retention", retention.run(token).await) });
+
+    let token = shutdown.child_token();
+    tasks.spawn(async move { ("sla_digest", digests.run(token).await) });
 
     let token = shutdown.child_token();
     let gauges =

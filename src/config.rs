@@ -165,6 +165,20 @@ pub struct QueueConfig {
     /// When agents work, in `timezone`; absent means always open. The SLA clock stops while
     /// the queue is closed.
     pub open_hours: Option<WeekConfig>,
+    /// When the `sla.digest` webhook with yesterday's figures goes to `escalation_url`: a cron
+    /// expression with seconds, in `timezone` (e.g. `0 0 7 * * *`, daily at 07:00). Absent: no
+    /// digest.
+    #[serde(default)]
+    pub sla_digest: Option<String>,
+}
+
+impl QueueConfig {
+    /// The parsed digest schedule, when one is set; `validate` has checked it.
+    pub fn sla_digest_schedule(&self) -> Option<Result<cron::Schedule, String>> {
+        self.sla_digest
+            .as_deref()
+            .map(|raw| cron::Schedule::from_str(raw).map_err(|e| e.to_string()))
+    }
 }
 
 /// Attempts allowed per retryable outcome: after the `no_answer`-th no-answer (and so on) the
@@ -644,6 +658,18 @@ impl Config {
             if queue.max_attempts > 1 && queue.retry_delays.is_empty() {
                 problems.push(format!("{at}.retry_delays: needed when max_attempts > 1"));
             }
+            if let Some(Err(e)) = queue.sla_digest_schedule() {
+                problems.push(format!(
+                    "{at}.sla_digest: '{}' is not a cron expression \
+                     (sec min hour day month weekday): {e}",
+                    queue.sla_digest.as_deref().unwrap_or_default()
+                ));
+            }
+            if queue.sla_digest.is_some() && queue.escalation_url.is_none() {
+                problems.push(format!(
+                    "{at}.sla_digest: needs {at}.escalation_url, where the digest is sent"
+                ));
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -882,6 +908,52 @@ mod tests {
             .to_string();
         assert!(err.contains("retention.schedule"), "{err}");
         assert!(err.contains("retention.closed_after"), "{err}");
+    }
+
+    #[test]
+    fn sla_digest_is_optional_and_checked() {
+        let config = Config::from_toml_with_env(QUEUE, []).unwrap();
+        assert!(config.queues["support"].sla_digest_schedule().is_none());
+
+        let with_escalation =
+            format!("{QUEUE}escalation_url = \"http://127.0.0.1:9000/escalations\"\n");
+        let text = format!("{with_escalation}sla_digest = \"0 0 7 * * Mon-Fri\"\n");
+        let config = Config::from_toml_with_env(&text, []).unwrap();
+        assert!(matches!(
+            config.queues["support"].sla_digest_schedule(),
+            Some(Ok(_))
+        ));
+
+        // Five fields: no seconds, so not what it seems (and refused like retention.schedule).
+        let text = format!("{with_escalation}sla_digest = \"0 7 * * *\"\n");
+        let err = Config::from_toml_with_env(&text, [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("queues.support.sla_digest: '0 7 * * *' is not a cron expression"),
+            "{err}"
+        );
+
+        // Without an escalation endpoint there is nowhere to send it; both problems at once.
+        let text = format!(
+            "{QUEUE}sla_digest = \"0 0 7 * * *\"\n[queues.sales]\n\
+             webhook_url = \"http://127.0.0.1:9000/sales\"\n\
+             signing_secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n\
+             sla = {{ normal = \"4h\", high = \"1h\", urgent = \"15m\" }}\n\
+             escalation_url = \"http://127.0.0.1:9000/escalations\"\n\
+             sla_digest = \"every morning\"\n"
+        );
+        let err = Config::from_toml_with_env(&text, []).unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(
+            err.problems[0].starts_with("queues.sales.sla_digest: 'every morning'"),
+            "{err}"
+        );
+        assert_eq!(
+            err.problems[1],
+            "queues.support.sla_digest: needs queues.support.escalation_url, \
+             where the digest is sent"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! A callback is born in [`intake`] (an event from RabbitMQ), is kept in [`store`] (the source of
 //! truth), waits in [`schedule`] until it is due, fires through [`notify`] (signed webhooks) and is
-//! claimed, attempted and closed through [`api`]. [`app`] wires the stages together.
+//! claimed, attempted and closed through [`api`]. [`app`] wires the stages together; beside them
+//! run [`retention`] and the daily SLA [`digest`].
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -11,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod digest;
 pub mod domain;
 pub mod events;
 pub mod intake;

@@ -1,7 +1,7 @@
 //! Retention: on a cron schedule, purges closed callbacks (completed, failed, cancelled,
 //! expired) with their attempts, deliveries and outbox events once they are older than
-//! `retention.closed_after`, with idempotency keys and ended opt-outs of the same age.
-//! Open callbacks are never purged, however old.
+//! `retention.closed_after`, with idempotency keys and ended opt-outs of the same age, and SLA
+//! digests a day older than that. Open callbacks are never purged, however old.
 //!
 //! Erasure of one number on request is the store's [`crate::store::Store::erase_phone`], behind
 //! `DELETE /v1/contacts/{phone}`.
@@ -28,7 +28,8 @@ pub async fn purge_before(
         let purged = store.purge(before, PURGE_BATCH).await?;
         total.add(purged);
         let more = purged.callbacks >= u64::from(PURGE_BATCH)
-            || purged.inbound_events >= u64::from(PURGE_BATCH);
+            || purged.inbound_events >= u64::from(PURGE_BATCH)
+            || purged.digests >= u64::from(PURGE_BATCH);
         if !more || shutdown.is_cancelled() {
             return Ok(total);
         }
@@ -87,6 +88,7 @@ impl Retention {
                         event_outbox = purged.event_outbox,
                         inbound_events = purged.inbound_events,
                         opt_outs = purged.opt_outs,
+                        digests = purged.digests,
                         %before,
                         "Retention purged closed callbacks."
                     );
@@ -106,7 +108,8 @@ fn record(purged: &Purged) {
     for (table, n) in [
         ("callbacks", purged.callbacks),
         ("attempts", purged.attempts),
-        ("deliveries", purged.deliveries),
+        // Digests are rows of `deliveries` too.
+        ("deliveries", purged.deliveries + purged.digests),
         ("event_outbox", purged.event_outbox),
         ("inbound_events", purged.inbound_events),
         ("opt_outs", purged.opt_outs),

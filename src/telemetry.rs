@@ -288,6 +288,12 @@ pub fn describe_metrics() {
         "Rows removed by the retention purge, by table."
     );
     describe_counter!(
+        "callkeeper_sla_digests_total",
+        "SLA digests per queue by outcome: created (stored, sent with the webhooks), \
+         already_made (that day's digest existed: a restart or a second fire the same day), \
+         failed (could not be stored)."
+    );
+    describe_counter!(
         "callkeeper_erasures_total",
         "Phone numbers erased on request (DELETE /v1/contacts/{phone})."
     );

@@ -82,7 +82,7 @@ fn delivery(url: &str) -> Delivery {
     let callback_id = CallbackId::new();
     Delivery {
         id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
-        callback_id,
+        callback_id: Some(callback_id),
         queue: QueueName::parse("support").unwrap(),
         notice: Notice::Due,
         url: url.to_owned(),
@@ -602,7 +602,7 @@ impl World {
         let deliveries = self.store.list_deliveries(None, 1000).await.unwrap();
         deliveries
             .into_iter()
-            .find(|d| d.callback_id == callback_id)
+            .find(|d| d.callback_id == Some(callback_id))
             .expect("the due delivery is stored")
             .id
     }

@@ -398,6 +398,79 @@ async fn erasure_leaves_no_trace_but_keeps_the_opt_out() {
     assert_eq!(hits, 1, "the number appears {hits} times in the file");
 }
 
+/// Stores the `sla.digest` of 2030-03-`day` for queue support, made at `made_at`.
+async fn digest(h: &Harness, day: u32, made_at: DateTime<Utc>) -> String {
+    let day = chrono::NaiveDate::from_ymd_opt(2030, 3, day).unwrap();
+    let delivery = callkeeper::notify::outbox::sla_digest(
+        &QueueName::parse("support").unwrap(),
+        "http://127.0.0.1:9/escalation",
+        &callkeeper::domain::sla::LocalDay::new(chrono_tz::UTC, day),
+        &callkeeper::domain::sla::SlaReport::from_rows(&[]),
+        made_at,
+    );
+    assert!(h.store.add_sla_digest(&delivery).await.unwrap());
+    delivery.id
+}
+
+#[tokio::test]
+async fn digests_outlive_the_cutoff_by_a_day_and_erasure_leaves_them() {
+    const NUMBER: &str = "+31612345678";
+    let h = harness().await;
+    let cutoff = t0() + days(90);
+    let sent = callkeeper::store::TryResult::Delivered { status: 204 };
+    // Sent long ago: purged. Sent half a day before the cutoff: kept one day more, so the digest
+    // task's look-back still finds it. Never sent: kept, whatever its age.
+    let old = digest(&h, 1, t0()).await;
+    h.store.record_try(&old, &sent, t0()).await.unwrap();
+    let recent = digest(&h, 2, cutoff - TimeDelta::hours(12)).await;
+    h.store.record_try(&recent, &sent, cutoff).await.unwrap();
+    let unsent = digest(&h, 3, t0()).await;
+
+    // Erasing a number touches no digest: none is any callback's, none holds a number.
+    let callback = h.due(request(NUMBER), t0()).await;
+    h.store
+        .record_attempt(callback, &report(Outcome::Connected), t0())
+        .await
+        .unwrap();
+    let erased = h
+        .store
+        .erase_phone(&Phone::parse(NUMBER).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((erased.callbacks, erased.deliveries), (1, 1));
+    assert_eq!(h.count("deliveries").await, 3, "the three digests are left");
+
+    let purged = purge_before(&h.store, cutoff, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        purged,
+        callkeeper::store::Purged {
+            digests: 1,
+            // The erased number's request key: it holds no number, so erasure left it.
+            inbound_events: 1,
+            ..Default::default()
+        }
+    );
+    assert!(h.store.get_delivery(&old).await.unwrap().is_none());
+    for kept in [&recent, &unsent] {
+        assert!(
+            h.store.get_delivery(kept).await.unwrap().is_some(),
+            "{kept}"
+        );
+    }
+    // A day later the recent one goes too.
+    let later = purge_before(&h.store, cutoff + days(1), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(later.digests, 1);
+    assert_eq!(
+        h.count("deliveries").await,
+        1,
+        "only the unsent one is left"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_contact_route_erases_and_reports() {
     const NUMBER: &str = "+31612345678";

@@ -166,7 +166,7 @@ impl Harness {
 
     async fn deliveries_of(&self, id: CallbackId) -> Vec<callkeeper::notify::Delivery> {
         let mut all = self.store.list_deliveries(None, 500).await.unwrap();
-        all.retain(|d| d.callback_id == id);
+        all.retain(|d| d.callback_id == Some(id));
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
@@ -1469,6 +1469,182 @@ async fn migration_0002_counts_outcomes_and_numbers_of_existing_attempts() {
         .unwrap();
     // Four calls in 24 h (three old, this one), cap 2: wait until the third old one ages out.
     assert_eq!(cb.due_at, t0() + mins(2) + TimeDelta::hours(24));
+}
+
+#[tokio::test]
+async fn migration_0005_keeps_every_delivery_and_lets_a_digest_have_no_callback() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/old.db", dir.path().display());
+    // A database as the previous release left it: 0001 to 0004 applied.
+    let previous = dir.path().join("migrations");
+    std::fs::create_dir(&previous).unwrap();
+    for file in [
+        "0001_init.sql",
+        "0002_retry_rules.sql",
+        "0003_reports.sql",
+        "0004_events_and_retention.sql",
+    ] {
+        let from = format!("{}/migrations/sqlite/{file}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(from, previous.join(file)).unwrap();
+    }
+    let callback_id = CallbackId::new();
+    let start = t0().timestamp_millis();
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(previous.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO callbacks (id, queue, phone, priority, state, sla, requested_at, due_at, \
+               deadline, requests, attempts, max_attempts, at_risk_notified, updated_at) \
+             VALUES (?, 'support', ?, 'normal', 'due', 'pending', ?, ?, ?, 1, 0, 2, 0, ?)",
+        )
+        .bind(callback_id.to_string())
+        .bind(PHONE)
+        .bind(start)
+        .bind(start)
+        .bind(start + 4 * 3_600_000)
+        .bind(start)
+        .execute(&pool)
+        .await
+        .unwrap();
+        // One delivered with every optional column set, one still retrying.
+        for (id, url, state, tries, last_status, last_error, delivered_at) in [
+            (
+                "msg_a",
+                AGENTS,
+                "delivered",
+                2,
+                Some(204),
+                None,
+                Some(start + 5_000),
+            ),
+            (
+                "msg_b",
+                ESCALATION,
+                "pending",
+                3,
+                Some(503),
+                Some("HTTP 503"),
+                None,
+            ),
+        ] {
+            sqlx::query(
+                "INSERT INTO deliveries (id, callback_id, queue, notice, url, body, state, tries, \
+                   next_try_at, last_status, last_error, created_at, delivered_at) \
+                 VALUES (?, ?, 'support', 'callback.due', ?, '{\"type\":\"callback.due\"}', ?, ?, \
+                   ?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(callback_id.to_string())
+            .bind(url)
+            .bind(state)
+            .bind(tries)
+            .bind(start + 60_000)
+            .bind(last_status)
+            .bind(last_error)
+            .bind(start)
+            .bind(delivered_at)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+    }
+
+    let h = harness().await;
+    let store = SqliteStore::connect(&url, h.settings.clone())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let at = |offset_ms: i64| DateTime::from_timestamp_millis(start + offset_ms).unwrap();
+    let kept = |id: &str, url: &str| callkeeper::notify::Delivery {
+        id: id.into(),
+        callback_id: Some(callback_id),
+        queue: queue("support"),
+        notice: Notice::Due,
+        url: url.into(),
+        body: r#"{"type":"callback.due"}"#.into(),
+        state: DeliveryState::Delivered,
+        tries: 2,
+        next_try_at: at(60_000),
+        last_status: Some(204),
+        last_error: None,
+        created_at: at(0),
+        delivered_at: Some(at(5_000)),
+    };
+    assert_eq!(
+        store.get_delivery("msg_a").await.unwrap(),
+        Some(kept("msg_a", AGENTS))
+    );
+    assert_eq!(
+        store.get_delivery("msg_b").await.unwrap(),
+        Some(callkeeper::notify::Delivery {
+            state: DeliveryState::Pending,
+            tries: 3,
+            last_status: Some(503),
+            last_error: Some("HTTP 503".into()),
+            delivered_at: None,
+            ..kept("msg_b", ESCALATION)
+        })
+    );
+    // The retrying one is still the notifier's to send.
+    let ready = store.ready_deliveries(at(60_000), 10).await.unwrap();
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].id, "msg_b");
+
+    // Every index of the rebuilt table is back.
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url).unwrap();
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries' \
+         AND name NOT LIKE 'sqlite_autoindex_%' ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "deliveries_callback_id",
+            "deliveries_pending_url",
+            "deliveries_state_id",
+            "deliveries_state_next_try_at"
+        ]
+    );
+    pool.close().await;
+
+    // A digest belongs to no callback, and is stored once however often it is made.
+    let day = chrono::NaiveDate::from_ymd_opt(2030, 3, 4).unwrap();
+    let report = callkeeper::domain::sla::SlaReport::from_rows(&[]);
+    let digest = callkeeper::notify::outbox::sla_digest(
+        &queue("support"),
+        ESCALATION,
+        &callkeeper::domain::sla::LocalDay::new(chrono_tz::Europe::Amsterdam, day),
+        &report,
+        t0(),
+    );
+    assert!(store.add_sla_digest(&digest).await.unwrap());
+    let later = callkeeper::notify::outbox::sla_digest(
+        &queue("support"),
+        ESCALATION,
+        &callkeeper::domain::sla::LocalDay::new(chrono_tz::Europe::Amsterdam, day),
+        &report,
+        t0() + mins(90),
+    );
+    assert_eq!(later.id, digest.id);
+    assert!(!store.add_sla_digest(&later).await.unwrap());
+    let stored = store.get_delivery(&digest.id).await.unwrap().unwrap();
+    assert_eq!(stored.callback_id, None);
+    assert_eq!(stored.body, digest.body, "the first one made is kept");
+    assert_eq!(stored.state, DeliveryState::Pending);
 }
 
 /// The outbox's event types for one callback, in publish order.

@@ -19,7 +19,8 @@ use crate::notify::{Delivery, DeliveryState};
 pub struct DeliverySummary {
     /// The `webhook-id` every try of this notification carries.
     pub id: String,
-    pub callback_id: CallbackId,
+    /// `null` for an SLA digest.
+    pub callback_id: Option<CallbackId>,
     pub queue: QueueName,
     /// The webhook type, as in the body: `callback.due`, ….
     #[serde(rename = "type")]
@@ -119,6 +120,10 @@ pub async fn replay(
         .replay_delivery(&id, state.clock.now())
         .await?
         .ok_or_else(|| ApiError::not_found("delivery not found"))?;
-    info!(delivery_id = %id, callback_id = %delivery.callback_id, "Delivery replayed over the API.");
+    info!(
+        delivery_id = %id,
+        callback_id = delivery.callback_id.map(tracing::field::display),
+        "Delivery replayed over the API."
+    );
     Ok((StatusCode::ACCEPTED, Json(delivery.into())))
 }

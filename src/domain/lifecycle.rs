@@ -9,7 +9,12 @@ use super::{Callback, CallbackId, CancelReason, OfferedTo, Outcome, SlaStatus, S
 use crate::schedule::{Plan, QueuePolicy};
 
 string_enum! {
-    /// The webhooks callkeeper sends.
+    /// The webhooks callkeeper sends: the body's `type`, the deliveries' `notice` column and
+    /// the `notice` metric label.
+    ///
+    /// The daily digest is one of them too, so a digest is stored, signed, retried, listed,
+    /// replayed and counted exactly like a callback notice. The rules in this module never
+    /// produce it: [`crate::digest`] does, for a queue's day rather than a callback.
     pub enum Notice {
         /// Time to call; to the queue's agent endpoint.
         Due => "callback.due",
@@ -19,11 +24,13 @@ string_enum! {
         Missed => "callback.missed",
         /// Attempts used up; also escalated.
         Exhausted => "callback.exhausted",
+        /// Yesterday's SLA figures of one queue; to the queue's escalation endpoint only.
+        SlaDigest => "sla.digest",
     }
 }
 
 impl Notice {
-    /// Whether this notice also goes to the queue's escalation endpoint.
+    /// Whether this callback notice also goes to the queue's escalation endpoint.
     pub fn escalates(self) -> bool {
         matches!(self, Notice::Missed | Notice::Exhausted)
     }

@@ -1,10 +1,42 @@
 //! SLA figures over a set of callbacks, as a pure function of their stored times, so the report
 //! means the same whatever database it came from.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono_tz::Tz;
 use serde::Serialize;
 
 use super::SlaStatus;
+
+/// One calendar day in a time zone, as the period `[from, to)` from its local midnight to the
+/// next: 24 hours, or 23 and 25 on the days the clocks change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalDay {
+    pub day: NaiveDate,
+    pub zone: Tz,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+impl LocalDay {
+    pub fn new(zone: Tz, day: NaiveDate) -> Self {
+        // Where midnight falls in a DST gap (some zones change at 00:00) the day starts when
+        // the gap ends; `instant` settles that for open hours too.
+        let midnight =
+            |date: NaiveDate| crate::schedule::instant(zone, date.and_time(NaiveTime::MIN));
+        Self {
+            day,
+            zone,
+            from: midnight(day),
+            to: midnight(day.succ_opt().unwrap_or(day)),
+        }
+    }
+
+    /// "Yesterday" for a report made at `at`: the day before `at`'s local date in `zone`.
+    pub fn before(zone: Tz, at: DateTime<Utc>) -> Self {
+        let today = at.with_timezone(&zone).date_naive();
+        Self::new(zone, today.pred_opt().unwrap_or(today))
+    }
+}
 
 /// What the report needs of one callback.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +188,64 @@ mod tests {
             }
         );
         assert_eq!(report.attempts_per_callback, Some(4.0 / 3.0));
+    }
+
+    fn utc(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, h, min, 0).unwrap()
+    }
+
+    fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn yesterday_is_the_local_day_before_in_the_zone() {
+        use chrono_tz::{America::Los_Angeles, Asia::Tokyo, Europe::Amsterdam, UTC};
+        // 07:00 in Amsterdam (CET) on Tuesday 2030-03-05 is 06:00 UTC.
+        let day = LocalDay::before(Amsterdam, utc(2030, 3, 5, 6, 0));
+        assert_eq!(day.day, date(2030, 3, 4));
+        assert_eq!(
+            (day.from, day.to),
+            (utc(2030, 3, 3, 23, 0), utc(2030, 3, 4, 23, 0))
+        );
+        // 00:30 UTC is already Wednesday in Tokyo, still Monday in Los Angeles.
+        let at = utc(2030, 3, 5, 0, 30);
+        assert_eq!(LocalDay::before(Tokyo, at).day, date(2030, 3, 4));
+        assert_eq!(LocalDay::before(Los_Angeles, at).day, date(2030, 3, 3));
+        assert_eq!(LocalDay::before(UTC, at).day, date(2030, 3, 4));
+    }
+
+    #[test]
+    fn days_the_clocks_change_last_23_and_25_hours() {
+        use chrono_tz::Europe::Amsterdam;
+        // Spring forward on Sunday 2030-03-31 at 02:00 CET: midnight is still CET (UTC+1),
+        // the next midnight CEST (UTC+2).
+        let spring = LocalDay::before(Amsterdam, utc(2030, 4, 1, 5, 0));
+        assert_eq!(spring.day, date(2030, 3, 31));
+        assert_eq!(spring.from, utc(2030, 3, 30, 23, 0));
+        assert_eq!(spring.to, utc(2030, 3, 31, 22, 0));
+        assert_eq!(spring.to - spring.from, chrono::Duration::hours(23));
+        // Fall back on Sunday 2030-10-27 at 03:00 CEST.
+        let autumn = LocalDay::before(Amsterdam, utc(2030, 10, 28, 6, 0));
+        assert_eq!(autumn.day, date(2030, 10, 27));
+        assert_eq!(autumn.from, utc(2030, 10, 26, 22, 0));
+        assert_eq!(autumn.to, utc(2030, 10, 27, 23, 0));
+        assert_eq!(autumn.to - autumn.from, chrono::Duration::hours(25));
+        // Consecutive days tile time: no gap, no overlap.
+        let next = LocalDay::new(Amsterdam, date(2030, 10, 28));
+        assert_eq!(next.from, autumn.to);
+    }
+
+    #[test]
+    fn a_midnight_inside_a_dst_gap_starts_the_day_when_the_gap_ends() {
+        use chrono_tz::America::Havana;
+        // Cuba springs forward at midnight: 2030-03-10 00:00 CST (UTC-5) becomes 01:00 CDT
+        // (UTC-4), so that day has no 00:00 and begins at 05:00 UTC.
+        let day = LocalDay::new(Havana, date(2030, 3, 10));
+        assert_eq!(day.from, utc(2030, 3, 10, 5, 0));
+        assert_eq!(day.to, utc(2030, 3, 11, 4, 0));
+        assert_eq!(day.to - day.from, chrono::Duration::hours(23));
+        assert_eq!(LocalDay::new(Havana, date(2030, 3, 9)).to, day.from);
     }
 
     #[test]

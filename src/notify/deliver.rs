@@ -516,7 +516,7 @@ impl Lanes {
                 // Every log line of this try carries the callback and the delivery.
                 let span = tracing::info_span!(
                     "delivery",
-                    callback_id = %delivery.callback_id,
+                    callback_id = delivery.callback_id.map(tracing::field::display),
                     delivery_id = %delivery.id,
                     notice = %delivery.notice,
                 );

@@ -34,7 +34,8 @@ crate::domain::string_enum! {
 pub struct Delivery {
     /// The `webhook-id` header: `msg_<uuid>`.
     pub id: String,
-    pub callback_id: CallbackId,
+    /// `None` for an SLA digest, which is about a queue's day rather than one callback.
+    pub callback_id: Option<CallbackId>,
     pub queue: QueueName,
     pub notice: Notice,
     pub url: String,

@@ -1,13 +1,16 @@
-//! Turns a callback's notices into deliveries: one per endpoint, with the body fixed at creation
-//! so every retry sends the same bytes under the same `webhook-id`.
+//! Turns a callback's notices, and a queue's SLA digest, into deliveries: one per endpoint, with
+//! the body fixed at creation so every retry sends the same bytes under the same `webhook-id`.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
+use serde::Serialize;
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use super::{Delivery, DeliveryState};
 use crate::domain::lifecycle::Notice;
-use crate::domain::Callback;
+use crate::domain::sla::{LocalDay, SlaReport};
+use crate::domain::{Callback, QueueName};
 use crate::schedule::QueuePolicy;
 
 /// The deliveries for `notices` about `callback`: each to the agent endpoint, escalating ones to
@@ -29,7 +32,7 @@ pub fn deliveries_for(
         for url in urls {
             out.push(Delivery {
                 id: format!("msg_{}", Uuid::now_v7().simple()),
-                callback_id: callback.id,
+                callback_id: Some(callback.id),
                 queue: callback.queue.clone(),
                 notice,
                 url: url.to_owned(),
@@ -82,6 +85,72 @@ pub fn body(notice: Notice, callback: &Callback, public_url: &str, now: DateTime
         "attempt_url": format!("{base}/attempts"),
     });
     json!({ "type": notice, "timestamp": rfc3339(now), "data": data }).to_string()
+}
+
+/// The `sla.digest` delivery of `queue`'s `day` to `url` (its escalation endpoint): the figures
+/// of `report` — the very report `GET /v1/sla` gives for that period — and never a phone number.
+pub fn sla_digest(
+    queue: &QueueName,
+    url: &str,
+    day: &LocalDay,
+    report: &SlaReport,
+    now: DateTime<Utc>,
+) -> Delivery {
+    #[derive(Serialize)]
+    struct DigestData<'a> {
+        queue: &'a QueueName,
+        day: String,
+        time_zone: &'static str,
+        from: String,
+        to: String,
+        #[serde(flatten)]
+        report: &'a SlaReport,
+    }
+    let data = DigestData {
+        queue,
+        day: day.day.to_string(),
+        time_zone: day.zone.name(),
+        from: rfc3339(day.from),
+        to: rfc3339(day.to),
+        report,
+    };
+    let notice = Notice::SlaDigest;
+    Delivery {
+        id: digest_id(queue, day.day),
+        callback_id: None,
+        queue: queue.clone(),
+        notice,
+        url: url.to_owned(),
+        body: json!({ "type": notice, "timestamp": rfc3339(now), "data": data }).to_string(),
+        state: DeliveryState::Pending,
+        tries: 0,
+        next_try_at: now,
+        last_status: None,
+        last_error: None,
+        created_at: now,
+        delivered_at: None,
+    }
+}
+
+/// The `webhook-id` of `queue`'s digest for `day`: the same whoever makes it and however often,
+/// which is what makes storing it a second time change nothing. A UUIDv8 laid out like our v7
+/// ids — 48 bits of unix milliseconds (midnight UTC after `day`), then a SHA-256 of queue and day
+/// — so it sorts by time among them in `/v1/deliveries`. (A readable `msg_digest_<queue>_<day>`
+/// would sort apart from every other id, and a long queue name would break the 64-character
+/// limit on delivery ids.)
+pub fn digest_id(queue: &QueueName, day: NaiveDate) -> String {
+    let end_of_day = day
+        .succ_opt()
+        .unwrap_or(day)
+        .and_time(NaiveTime::MIN)
+        .and_utc()
+        .timestamp_millis();
+    let hash = Sha256::digest(format!("sla.digest\n{queue}\n{day}"));
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&end_of_day.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&hash[..10]);
+    let id = uuid::Builder::from_custom_bytes(bytes).into_uuid();
+    format!("msg_{}", id.simple())
 }
 
 pub fn rfc3339(at: DateTime<Utc>) -> String {

@@ -278,7 +278,7 @@ impl Weekly {
 
 /// The instant a local wall-clock time names. In a DST gap the time does not exist: take the
 /// first instant after the gap. In an overlap it exists twice: take the earlier.
-fn instant(zone: Tz, local: NaiveDateTime) -> DateTime<Utc> {
+pub fn instant(zone: Tz, local: NaiveDateTime) -> DateTime<Utc> {
     (0..=180)
         .find_map(|minutes| {
             zone.from_local_datetime(&(local + chrono::Duration::minutes(minutes)))

@@ -6,7 +6,7 @@ mod rules;
 mod timer;
 mod wakeups;
 
-pub use calendar::{Calendar, Range, Recurring};
+pub use calendar::{instant, Calendar, Range, Recurring};
 pub use country_zones::zone_of_country;
 pub use rules::{Callee, CallingWindows, Plan, QueuePolicy, Rules};
 pub use timer::Timer;

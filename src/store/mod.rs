@@ -114,10 +114,13 @@ pub struct OutboxEvent {
 pub struct Purged {
     pub callbacks: u64,
     pub attempts: u64,
+    /// Deliveries of the purged callbacks.
     pub deliveries: u64,
     pub event_outbox: u64,
     pub inbound_events: u64,
     pub opt_outs: u64,
+    /// SLA digests: rows of `deliveries` too, but of no callback.
+    pub digests: u64,
 }
 
 impl Purged {
@@ -128,6 +131,7 @@ impl Purged {
         self.event_outbox += other.event_outbox;
         self.inbound_events += other.inbound_events;
         self.opt_outs += other.opt_outs;
+        self.digests += other.digests;
     }
 }
 
@@ -230,6 +234,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Delivery>>;
     /// Makes a given-up or held delivery pending again (and re-enables its endpoint).
     async fn replay_delivery(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Delivery>>;
+    /// Stores an SLA digest (a delivery of no callback) unless one with its id is stored
+    /// already; the id is made from the queue and day, so a second run or a restart never makes
+    /// a second digest. Held like any delivery when its endpoint is disabled. True when stored.
+    async fn add_sla_digest(&self, delivery: &Delivery) -> Result<bool>;
 
     /// Counts for the metrics gauges.
     async fn stats(&self) -> Result<Stats>;
@@ -253,10 +261,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the outbox events up to and including `seq` (the broker confirmed them).
     async fn remove_events(&self, up_to_seq: i64) -> Result<u64>;
 
-    /// One retention pass of at most `limit` callbacks (and `limit` idempotency keys): removes
-    /// callbacks closed (completed, failed, cancelled, expired) before `before` with their
-    /// attempts, deliveries and outbox events, idempotency keys applied before `before`, and
-    /// opt-outs that ended before `before`. Call again while it removes a full `limit`.
+    /// One retention pass of at most `limit` callbacks (and `limit` idempotency keys, and `limit`
+    /// digests): removes callbacks closed (completed, failed, cancelled, expired) before
+    /// `before` with their attempts, deliveries and outbox events, idempotency keys applied
+    /// before `before`, opt-outs that ended before `before`, and SLA digests no longer pending
+    /// that were made more than a day before `before` (so the digest task's start-up look-back
+    /// always finds the ones it made). Call again while it removes a full `limit`.
     async fn purge(&self, before: DateTime<Utc>, limit: u32) -> Result<Purged>;
     /// Erases every stored trace of `phone` except its opt-out (right to erasure).
     async fn erase_phone(&self, phone: &Phone) -> Result<Erased>;

@@ -950,8 +950,19 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        purged.digests = purge_digests(&mut tx, before, limit).await?;
         tx.commit().await?;
         Ok(purged)
+    }
+
+    async fn add_sla_digest(&self, delivery: &Delivery) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let added = insert_digest(&mut tx, delivery).await?;
+        tx.commit().await?;
+        if added {
+            self.settings.wakeups.deliveries_ready();
+        }
+        Ok(added)
     }
 
     async fn erase_phone(&self, phone: &Phone) -> Result<Erased> {
@@ -1199,6 +1210,20 @@ mod sql {
          (SELECT source, id FROM inbound_events WHERE applied_at < ? LIMIT ?)";
     pub const HOLD_URL: &str =
         "UPDATE deliveries SET state = 'disabled' WHERE url = ? AND state = 'pending'";
+    /// An SLA digest (no callback), held when its endpoint is disabled; a stored id wins.
+    /// Binds: id, queue, notice, url, body, url, state, tries, next_try_at, created_at.
+    pub const INSERT_DIGEST: &str = "INSERT INTO deliveries (id, callback_id, queue, notice, \
+           url, body, state, tries, next_try_at, created_at) \
+         VALUES (?, NULL, ?, ?, ?, ?, \
+           CASE WHEN EXISTS (SELECT 1 FROM endpoints WHERE url = ? AND disabled_at IS NOT NULL) \
+                THEN 'disabled' ELSE ? END, \
+           ?, ?, ?) \
+         ON CONFLICT (id) DO NOTHING";
+    /// Digests made before a moment that are not waiting to be sent (binds: before, limit).
+    /// Found through `deliveries_callback_id`: one per queue and day, few enough to filter.
+    pub const PURGE_DIGESTS: &str = "DELETE FROM deliveries WHERE id IN \
+         (SELECT id FROM deliveries \
+          WHERE callback_id IS NULL AND created_at < ? AND state <> 'pending' LIMIT ?)";
 
     /// Open callbacks of a phone, in one queue when `by_queue` (binds: phone[, queue]).
     pub fn open_for_phone(by_queue: bool) -> String {
@@ -1229,7 +1254,6 @@ mod sql {
         )
     }
 
-    /// Newest first: ids are `msg_<uuidv7>`, so descending id is descending creation time.
     /// `?1` is the queue (ignored when `by_queue` is false), `?2`/`?3` the period.
     pub fn sla_rows(by_queue: bool) -> &'static str {
         if by_queue {
@@ -1241,6 +1265,8 @@ mod sql {
         }
     }
 
+    /// Newest first: ids start with their creation time (`msg_<uuidv7>`; a digest's UUIDv8
+    /// starts with the end of its day), so descending id is descending creation time.
     pub fn list_deliveries(by_state: bool) -> String {
         let filter = if by_state { "WHERE state = ?" } else { "" };
         format!("SELECT {DELIVERY_COLUMNS} FROM deliveries {filter} ORDER BY id DESC LIMIT ?")
@@ -1510,7 +1536,7 @@ async fn insert_deliveries(conn: &mut SqliteConnection, deliveries: &[Delivery])
                ?, ?, ?, ?, ?, ?)",
         )
         .bind(&d.id)
-        .bind(d.callback_id.to_string())
+        .bind(d.callback_id.map(|id| id.to_string()))
         .bind(d.queue.as_str())
         .bind(d.notice.as_str())
         .bind(&d.url)
@@ -1527,6 +1553,41 @@ async fn insert_deliveries(conn: &mut SqliteConnection, deliveries: &[Delivery])
         .await?;
     }
     Ok(deliveries.len())
+}
+
+/// Inserts an SLA digest like [`insert_deliveries`] does, except that a digest whose id is
+/// stored already is left alone: its id names the queue and day, so this makes it once.
+/// Returns whether it was inserted.
+async fn insert_digest(conn: &mut SqliteConnection, d: &Delivery) -> Result<bool> {
+    let inserted = sqlx::query(sql::INSERT_DIGEST)
+        .bind(&d.id)
+        .bind(d.queue.as_str())
+        .bind(d.notice.as_str())
+        .bind(&d.url)
+        .bind(&d.body)
+        .bind(&d.url)
+        .bind(d.state.as_str())
+        .bind(d.tries)
+        .bind(ms(d.next_try_at))
+        .bind(ms(d.created_at))
+        .execute(&mut *conn)
+        .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Removes at most `limit` digests that are no longer pending and were made more than
+/// [`crate::digest::CATCH_UP`] before `before`. Digests belong to no callback, so the callback
+/// purge never reaches them. They are kept that day longer because the digest task, starting,
+/// looks back that far for a digest it may have missed and finds it by its id: removed any
+/// sooner (`closed_after` may be as short as an hour), it would be made and sent again.
+async fn purge_digests(conn: &mut SqliteConnection, before: i64, limit: u32) -> Result<u64> {
+    let before = before.saturating_sub(crate::digest::CATCH_UP.num_milliseconds());
+    let purged = sqlx::query(sql::PURGE_DIGESTS)
+        .bind(before)
+        .bind(limit)
+        .execute(&mut *conn)
+        .await?;
+    Ok(purged.rows_affected())
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
@@ -1645,7 +1706,11 @@ fn attempt_from_row(row: &SqliteRow) -> Result<Attempt> {
 fn delivery_from_row(row: &SqliteRow) -> Result<Delivery> {
     Ok(Delivery {
         id: row.try_get("id")?,
-        callback_id: parse_id(&row.try_get::<String, _>("callback_id")?)?,
+        callback_id: row
+            .try_get::<Option<String>, _>("callback_id")?
+            .as_deref()
+            .map(parse_id)
+            .transpose()?,
         queue: parse_queue(&row.try_get::<String, _>("queue")?)?,
         notice: parse_word(
             "notice",
@@ -1698,6 +1763,8 @@ mod tests {
             sql::PENDING_EVENTS.into(),
             sql::CLOSED_BEFORE.into(),
             sql::PURGE_INBOUND_EVENTS.into(),
+            sql::PURGE_DIGESTS.into(),
+            sql::INSERT_DIGEST.into(),
             "SELECT id FROM callbacks WHERE phone = ?".into(),
             "DELETE FROM event_outbox WHERE seq <= ?".into(),
             "DELETE FROM event_outbox WHERE callback_id IN (?, ?)".into(),
