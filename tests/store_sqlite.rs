@@ -455,6 +455,41 @@ async fn later_events_in_a_batch_see_earlier_ones() {
 }
 
 #[tokio::test]
+async fn a_request_after_a_cancel_in_the_same_batch_opens_a_new_callback() {
+    let h = harness().await;
+    // Stored before the batch, so the batch reads it ahead.
+    let stored = h.create(PHONE, "support", t0()).await;
+    let batch = [
+        event("r1", "fp", Command::Request(request(PHONE, "support"))),
+        event(
+            "r2",
+            "fp",
+            Command::Cancel {
+                target: CancelTarget::Phone {
+                    phone: phone(PHONE),
+                    queue: Some(queue("support")),
+                },
+                reason: CancelReason::CustomerRequest,
+            },
+        ),
+        event("r3", "fp", Command::Request(request(PHONE, "support"))),
+        event("r4", "fp", Command::Request(request(PHONE, "support"))),
+    ];
+    let outcomes = h.store.apply_inbound(&batch, t0()).await.unwrap();
+    assert_eq!(outcomes[0], InboundOutcome::Merged(stored));
+    assert_eq!(outcomes[1], InboundOutcome::Cancelled(1));
+    let InboundOutcome::Created(fresh) = outcomes[2] else {
+        panic!("expected Created, got {outcomes:?}");
+    };
+    assert_ne!(fresh, stored);
+    assert_eq!(outcomes[3], InboundOutcome::Merged(fresh));
+    let old = h.store.get(stored).await.unwrap().unwrap();
+    assert_eq!((old.requests, old.state), (2, State::Cancelled));
+    let new = h.store.get(fresh).await.unwrap().unwrap();
+    assert_eq!((new.requests, new.state), (2, State::Scheduled));
+}
+
+#[tokio::test]
 async fn advance_when_due_queues_one_due_webhook() {
     let h = harness().await;
     let id = h.create(PHONE, "support", t0()).await;

@@ -521,8 +521,7 @@ impl Lanes {
                     notice = %delivery.notice,
                 );
                 let handle = tasks.spawn(
-                    async move { worker.send(delivery, (global, local)).await }
-                        .instrument(span),
+                    async move { worker.send(delivery, (global, local)).await }.instrument(span),
                 );
                 running.insert(handle.id(), delivery_id);
                 started = true;

@@ -115,6 +115,19 @@ impl SqliteStore {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// Ends a write: the changes' lifecycle events go to the outbox in bulk, then COMMIT, then
+    /// the timer and notifier are woken (never before, so they never see uncommitted work).
+    async fn commit(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        effects: Effects,
+    ) -> Result {
+        insert_events(&mut tx, &effects.events).await?;
+        tx.commit().await?;
+        effects.wake(&self.settings.wakeups);
+        Ok(())
+    }
+
     fn policy(&self, queue: &QueueName) -> Option<&QueuePolicy> {
         self.settings.rules.queue(queue)
     }
@@ -139,9 +152,13 @@ impl SqliteStore {
             (true, None) => prior.next_fire_at,
         };
         upsert_callback(conn, callback, next).await?;
-        let events = lifecycle_events(prior.callback, callback, prior.attempt, now);
-        insert_events(conn, &events).await?;
-        effects.events.extend(events);
+        // Written to the outbox in bulk by `commit`, in this order.
+        effects.events.extend(lifecycle_events(
+            prior.callback,
+            callback,
+            prior.attempt,
+            now,
+        ));
         if let Some(at) = next {
             effects.fires.push((at, callback.id));
         }
@@ -334,6 +351,7 @@ impl SqliteStore {
         request: &CallbackRequest,
         now: DateTime<Utc>,
         opted_out: &HashSet<String>,
+        open_callbacks: &mut OpenCallbacks,
         effects: &mut Effects,
     ) -> Result<InboundOutcome> {
         let Some(policy) = self.policy(&request.queue) else {
@@ -349,30 +367,45 @@ impl SqliteStore {
             ));
         }
         let plan = policy.plan(request, now);
-        let open = sqlx::query(&sql::open_for_phone(true))
-            .bind(request.phone.as_str())
-            .bind(request.queue.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-        match open {
-            Some(row) => {
-                let (mut callback, stored_next) = callback_from_row(&row)?;
+        let key = (
+            request.phone.as_str().to_owned(),
+            request.queue.as_str().to_owned(),
+        );
+        let open = match open_callbacks.known.remove(&key) {
+            Some(known) => known,
+            None => {
+                let row = sqlx::query(&sql::open_for_phone(true))
+                    .bind(request.phone.as_str())
+                    .bind(request.queue.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                row.as_ref().map(callback_from_row).transpose()?
+            }
+        };
+        let (callback, next, outcome) = match open {
+            Some((mut callback, stored_next)) => {
                 let before = callback.clone();
                 lifecycle::merge(&mut callback, request, plan, now);
                 let prior = Prior::of(&before, stored_next);
-                self.save(conn, &mut callback, prior, &[], now, effects)
+                let next = self
+                    .save(conn, &mut callback, prior, &[], now, effects)
                     .await?;
                 debug!(callback_id = %callback.id, requests = callback.requests, "Request merged into the open callback.");
-                Ok(InboundOutcome::Merged(callback.id))
+                let outcome = InboundOutcome::Merged(callback.id);
+                (callback, next, outcome)
             }
             None => {
                 let mut callback = lifecycle::create(request, plan, policy, now);
-                self.save(conn, &mut callback, Prior::NONE, &[], now, effects)
+                let next = self
+                    .save(conn, &mut callback, Prior::NONE, &[], now, effects)
                     .await?;
                 debug!(callback_id = %callback.id, queue = %callback.queue, "Callback created.");
-                Ok(InboundOutcome::Created(callback.id))
+                let outcome = InboundOutcome::Created(callback.id);
+                (callback, next, outcome)
             }
-        }
+        };
+        open_callbacks.known.insert(key, Some((callback, next)));
+        Ok(outcome)
     }
 
     /// Applies one event's command; a rejection writes nothing.
@@ -382,11 +415,16 @@ impl SqliteStore {
         command: &Command,
         now: DateTime<Utc>,
         opted_out: &mut HashSet<String>,
+        open_callbacks: &mut OpenCallbacks,
         effects: &mut Effects,
     ) -> Result<InboundOutcome> {
+        if !matches!(command, Command::Request(_)) {
+            // It may close or change callbacks the batch read ahead.
+            open_callbacks.known.clear();
+        }
         match command {
             Command::Request(request) => {
-                self.request_in(conn, request, now, opted_out, effects)
+                self.request_in(conn, request, now, opted_out, open_callbacks, effects)
                     .await
             }
             Command::Cancel {
@@ -551,7 +589,9 @@ impl Store for SqliteStore {
         // Keys and opt-outs are fetched for the whole batch up front (a few queries instead of
         // two per event) and kept current as events apply, so a later event sees an earlier one.
         let mut fingerprints = known_fingerprints(&mut tx, batch).await?;
-        let mut opted_out = opted_out_phones(&mut tx, batch, now).await?;
+        let phones = requesting_phones(batch);
+        let mut opted_out = opted_out_phones(&mut tx, &phones, now).await?;
+        let mut open_callbacks = OpenCallbacks::read(&mut tx, batch, &phones).await?;
         let mut applied = Vec::new();
         for event in batch {
             let key = (event.key.source.clone(), event.key.id.clone());
@@ -568,8 +608,15 @@ impl Store for SqliteStore {
                     )
                 }
                 None => {
-                    self.command_in(&mut tx, &event.command, now, &mut opted_out, &mut effects)
-                        .await?
+                    self.command_in(
+                        &mut tx,
+                        &event.command,
+                        now,
+                        &mut opted_out,
+                        &mut open_callbacks,
+                        &mut effects,
+                    )
+                    .await?
                 }
             };
             // Rejections are not recorded, so a corrected republish under the key can apply.
@@ -583,8 +630,7 @@ impl Store for SqliteStore {
             outcomes.push(outcome);
         }
         record_events(&mut tx, &applied, now).await?;
-        tx.commit().await?;
-        effects.wake(&self.settings.wakeups);
+        self.commit(tx, effects).await?;
         Ok(outcomes)
     }
 
@@ -636,8 +682,7 @@ impl Store for SqliteStore {
         let callback = self
             .claim_in(&mut tx, id, agent_id, now, &mut effects)
             .await?;
-        tx.commit().await?;
-        effects.wake(&self.settings.wakeups);
+        self.commit(tx, effects).await?;
         Ok(callback)
     }
 
@@ -653,8 +698,7 @@ impl Store for SqliteStore {
         let callback = self
             .attempt_in(&mut tx, id, report, now, &mut effects)
             .await?;
-        tx.commit().await?;
-        effects.wake(&self.settings.wakeups);
+        self.commit(tx, effects).await?;
         Ok(callback)
     }
 
@@ -670,8 +714,7 @@ impl Store for SqliteStore {
         let callback = self
             .cancel_in(&mut tx, id, reason, now, &mut effects)
             .await?;
-        tx.commit().await?;
-        effects.wake(&self.settings.wakeups);
+        self.commit(tx, effects).await?;
         Ok(callback)
     }
 
@@ -704,10 +747,9 @@ impl Store for SqliteStore {
         for &id in ids {
             stepped.push(self.advance_in(&mut tx, id, now, &mut effects).await?);
         }
-        tx.commit().await?;
-        // The caller (the timer) is told the next times in the return value; still send the
-        // wakeups, so every path that changes a fire time reports it the same way.
-        effects.wake(&self.settings.wakeups);
+        // The caller (the timer) is told the next times in the return value; the wakeups still
+        // go out, so every path that changes a fire time reports it the same way.
+        self.commit(tx, effects).await?;
         Ok(stepped)
     }
 
@@ -1183,6 +1225,14 @@ mod sql {
         )
     }
 
+    /// Lifecycle events into the outbox; rows are numbered in the order given.
+    pub fn insert_events(rows: usize) -> String {
+        format!(
+            "INSERT INTO event_outbox (id, callback_id, type, body, created_at) VALUES {}",
+            placeholders(rows, 5)
+        )
+    }
+
     /// `(?, ?), (?, ?)` for `rows` rows of `columns` values.
     fn placeholders(rows: usize, columns: usize) -> String {
         let row = format!("({})", vec!["?"; columns].join(", "));
@@ -1224,6 +1274,14 @@ mod sql {
     pub const PURGE_DIGESTS: &str = "DELETE FROM deliveries WHERE id IN \
          (SELECT id FROM deliveries \
           WHERE callback_id IS NULL AND created_at < ? AND state <> 'pending' LIMIT ?)";
+
+    /// Open callbacks of any of `n` phones, every queue (binds: the phones).
+    pub fn open_for_phones(n: usize) -> String {
+        format!(
+            "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE phone IN ({}) AND {OPEN}",
+            vec!["?"; n].join(", ")
+        )
+    }
 
     /// Open callbacks of a phone, in one queue when `by_queue` (binds: phone[, queue]).
     pub fn open_for_phone(by_queue: bool) -> String {
@@ -1293,13 +1351,9 @@ async fn known_fingerprints(
     Ok(known)
 }
 
-/// The batch's requesting phones that are opted out at `now`.
-async fn opted_out_phones(
-    conn: &mut SqliteConnection,
-    batch: &[Inbound],
-    now: DateTime<Utc>,
-) -> Result<HashSet<String>> {
-    let phones: Vec<&str> = batch
+/// The distinct numbers of the batch's callback requests.
+fn requesting_phones(batch: &[Inbound]) -> Vec<&str> {
+    batch
         .iter()
         .filter_map(|event| match &event.command {
             Command::Request(request) => Some(request.phone.as_str()),
@@ -1307,7 +1361,58 @@ async fn opted_out_phones(
         })
         .collect::<HashSet<_>>()
         .into_iter()
-        .collect();
+        .collect()
+}
+
+/// Open callbacks by (phone, queue): read for a whole batch of requests in a few queries
+/// instead of one per request, and kept current as requests apply (`None`: none is open).
+/// Only requests maintain it; any other command clears it, and lookups fall back to a query.
+#[derive(Default)]
+struct OpenCallbacks {
+    known: HashMap<(String, String), Option<(Callback, Option<DateTime<Utc>>)>>,
+}
+
+impl OpenCallbacks {
+    async fn read(conn: &mut SqliteConnection, batch: &[Inbound], phones: &[&str]) -> Result<Self> {
+        let mut known = HashMap::new();
+        for event in batch {
+            if let Command::Request(request) = &event.command {
+                let key = (
+                    request.phone.as_str().to_owned(),
+                    request.queue.as_str().to_owned(),
+                );
+                known.insert(key, None);
+            }
+        }
+        for chunk in phones.chunks(sql::CHUNK) {
+            let statement = sql::open_for_phones(chunk.len());
+            let mut query = sqlx::query(&statement);
+            for phone in chunk {
+                query = query.bind(*phone);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                let (callback, next) = callback_from_row(&row)?;
+                let key = (
+                    callback.phone.as_str().to_owned(),
+                    callback.queue.as_str().to_owned(),
+                );
+                // Only pairs the batch asks about are kept; open callbacks of the same number
+                // in other queues are not needed.
+                if let Some(slot) = known.get_mut(&key) {
+                    *slot = Some((callback, next));
+                }
+            }
+        }
+        Ok(Self { known })
+    }
+}
+
+/// The batch's requesting phones that are opted out at `now`.
+async fn opted_out_phones(
+    conn: &mut SqliteConnection,
+    phones: &[&str],
+    now: DateTime<Utc>,
+) -> Result<HashSet<String>> {
     let mut opted_out = HashSet::new();
     for chunk in phones.chunks(sql::CHUNK) {
         let sql = sql::opted_out(chunk.len());
@@ -1504,21 +1609,22 @@ async fn upsert_callback(
     Ok(())
 }
 
-/// Writes lifecycle events to the outbox, in order (`seq` grows with each row).
+/// Writes lifecycle events to the outbox, in order (`seq` grows with each row), many rows per
+/// statement.
 async fn insert_events(conn: &mut SqliteConnection, events: &[LifecycleEvent]) -> Result {
-    for event in events {
-        let rendered = crate::events::cloudevent(event);
-        sqlx::query(
-            "INSERT INTO event_outbox (id, callback_id, type, body, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&rendered.id)
-        .bind(event.callback_id.to_string())
-        .bind(&rendered.event_type)
-        .bind(&rendered.body)
-        .bind(ms(event.at))
-        .execute(&mut *conn)
-        .await?;
+    for chunk in events.chunks(sql::CHUNK) {
+        let statement = sql::insert_events(chunk.len());
+        let mut query = sqlx::query(&statement);
+        for event in chunk {
+            let rendered = crate::events::cloudevent(event);
+            query = query
+                .bind(rendered.id)
+                .bind(event.callback_id.to_string())
+                .bind(rendered.event_type)
+                .bind(rendered.body)
+                .bind(ms(event.at));
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -1772,6 +1878,7 @@ mod tests {
             "DELETE FROM deliveries WHERE callback_id IN (?, ?)".into(),
             sql::open_for_phone(false),
             sql::open_for_phone(true),
+            sql::open_for_phones(3),
             sql::ready_deliveries(),
             sql::list_deliveries(true),
             sql::sla_rows(true).into(),
