@@ -49,3 +49,32 @@ pub struct Delivery {
     pub created_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
 }
+
+impl Delivery {
+    /// A new notification, waiting for its first try.
+    pub fn pending(
+        id: String,
+        callback_id: Option<CallbackId>,
+        queue: QueueName,
+        notice: Notice,
+        url: &str,
+        body: String,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            callback_id,
+            queue,
+            notice,
+            url: url.to_owned(),
+            body,
+            state: DeliveryState::Pending,
+            tries: 0,
+            next_try_at: now,
+            last_status: None,
+            last_error: None,
+            created_at: now,
+            delivered_at: None,
+        }
+    }
+}

@@ -30,21 +30,15 @@ pub fn deliveries_for(
             urls.extend(policy.escalation_url.as_deref());
         }
         for url in urls {
-            out.push(Delivery {
-                id: format!("msg_{}", Uuid::now_v7().simple()),
-                callback_id: Some(callback.id),
-                queue: callback.queue.clone(),
+            out.push(Delivery::pending(
+                format!("msg_{}", Uuid::now_v7().simple()),
+                Some(callback.id),
+                callback.queue.clone(),
                 notice,
-                url: url.to_owned(),
-                body: body.clone(),
-                state: DeliveryState::Pending,
-                tries: 0,
-                next_try_at: now,
-                last_status: None,
-                last_error: None,
-                created_at: now,
-                delivered_at: None,
-            });
+                url,
+                body.clone(),
+                now,
+            ));
         }
     }
     out
@@ -115,21 +109,16 @@ pub fn sla_digest(
         report,
     };
     let notice = Notice::SlaDigest;
-    Delivery {
-        id: digest_id(queue, day.day),
-        callback_id: None,
-        queue: queue.clone(),
+    let body = json!({ "type": notice, "timestamp": rfc3339(now), "data": data }).to_string();
+    Delivery::pending(
+        digest_id(queue, day.day),
+        None,
+        queue.clone(),
         notice,
-        url: url.to_owned(),
-        body: json!({ "type": notice, "timestamp": rfc3339(now), "data": data }).to_string(),
-        state: DeliveryState::Pending,
-        tries: 0,
-        next_try_at: now,
-        last_status: None,
-        last_error: None,
-        created_at: now,
-        delivered_at: None,
-    }
+        url,
+        body,
+        now,
+    )
 }
 
 /// The `webhook-id` of `queue`'s digest for `day`: the same whoever makes it and however often,
