@@ -7,7 +7,7 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-use super::{Delivery, DeliveryState};
+use super::Delivery;
 use crate::domain::lifecycle::Notice;
 use crate::domain::sla::{LocalDay, SlaReport};
 use crate::domain::{Callback, QueueName};
