@@ -1369,8 +1369,13 @@ fn requesting_phones(batch: &[Inbound]) -> Vec<&str> {
 /// Only requests maintain it; any other command clears it, and lookups fall back to a query.
 #[derive(Default)]
 struct OpenCallbacks {
-    known: HashMap<(String, String), Option<(Callback, Option<DateTime<Utc>>)>>,
+    known: HashMap<PhoneInQueue, Option<StoredCallback>>,
 }
+
+/// A callback as loaded: with its stored next fire time.
+type StoredCallback = (Callback, Option<DateTime<Utc>>);
+/// `(phone, queue)`, the pair at most one open callback has.
+type PhoneInQueue = (String, String);
 
 impl OpenCallbacks {
     async fn read(conn: &mut SqliteConnection, batch: &[Inbound], phones: &[&str]) -> Result<Self> {
