@@ -92,10 +92,6 @@ pub fn observe(events: &[LifecycleEvent]) {
         )
         .increment(1);
         match event.kind {
-            EventKind::Due => {
-                let late = (event.at - event.due_at).num_milliseconds().max(0) as f64 / 1000.0;
-                metrics::histogram!("callkeeper_firing_lateness_seconds").record(late);
-            }
             EventKind::Missed => {
                 metrics::counter!(
                     "callkeeper_sla_missed_total",

@@ -26,6 +26,7 @@ use tracing::{debug, error, info, warn};
 use super::{signing, Delivery};
 use crate::clock::{Clock, SharedClock};
 use crate::config::NotifyConfig;
+use crate::domain::lifecycle::Notice;
 use crate::schedule::Rules;
 use crate::store::{SharedStore, StoreError, TryResult};
 
@@ -232,6 +233,9 @@ pub async fn try_delivery(
         return result;
     };
     let started = Instant::now();
+    if delivery.notice == Notice::Due && delivery.tries == 0 {
+        record_firing_lateness(delivery, clock.now());
+    }
     let reply = send(
         client,
         delivery,
@@ -244,6 +248,21 @@ pub async fn try_delivery(
     let result = classify(&reply, delivery.tries, config, clock.now());
     report(delivery, &result);
     result
+}
+
+/// Firing lateness: from the callback's due time (in the body) to its due webhook's first send.
+fn record_firing_lateness(delivery: &Delivery, now: DateTime<Utc>) {
+    let body: serde_json::Value = match serde_json::from_str(&delivery.body) {
+        Ok(body) => body,
+        Err(_) => return,
+    };
+    let due_at = body["data"]["due_at"]
+        .as_str()
+        .and_then(|at| DateTime::parse_from_rfc3339(at).ok());
+    if let Some(due_at) = due_at {
+        let late = (now - due_at.with_timezone(&Utc)).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::histogram!("callkeeper_firing_lateness_seconds").record(late);
+    }
 }
 
 /// The log line and counter for one try, together.
