@@ -351,7 +351,6 @@ impl SqliteStore {
         request: &CallbackRequest,
         now: DateTime<Utc>,
         opted_out: &HashSet<String>,
-        open_callbacks: &mut OpenCallbacks,
         effects: &mut Effects,
     ) -> Result<InboundOutcome> {
         let Some(policy) = self.policy(&request.queue) else {
@@ -367,45 +366,30 @@ impl SqliteStore {
             ));
         }
         let plan = policy.plan(request, now);
-        let key = (
-            request.phone.as_str().to_owned(),
-            request.queue.as_str().to_owned(),
-        );
-        let open = match open_callbacks.known.remove(&key) {
-            Some(known) => known,
-            None => {
-                let row = sqlx::query(&sql::open_for_phone(true))
-                    .bind(request.phone.as_str())
-                    .bind(request.queue.as_str())
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                row.as_ref().map(callback_from_row).transpose()?
-            }
-        };
-        let (callback, next, outcome) = match open {
-            Some((mut callback, stored_next)) => {
+        let open = sqlx::query(&sql::open_for_phone(true))
+            .bind(request.phone.as_str())
+            .bind(request.queue.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+        match open {
+            Some(row) => {
+                let (mut callback, stored_next) = callback_from_row(&row)?;
                 let before = callback.clone();
                 lifecycle::merge(&mut callback, request, plan, now);
                 let prior = Prior::of(&before, stored_next);
-                let next = self
-                    .save(conn, &mut callback, prior, &[], now, effects)
+                self.save(conn, &mut callback, prior, &[], now, effects)
                     .await?;
                 debug!(callback_id = %callback.id, requests = callback.requests, "Request merged into the open callback.");
-                let outcome = InboundOutcome::Merged(callback.id);
-                (callback, next, outcome)
+                Ok(InboundOutcome::Merged(callback.id))
             }
             None => {
                 let mut callback = lifecycle::create(request, plan, policy, now);
-                let next = self
-                    .save(conn, &mut callback, Prior::NONE, &[], now, effects)
+                self.save(conn, &mut callback, Prior::NONE, &[], now, effects)
                     .await?;
                 debug!(callback_id = %callback.id, queue = %callback.queue, "Callback created.");
-                let outcome = InboundOutcome::Created(callback.id);
-                (callback, next, outcome)
+                Ok(InboundOutcome::Created(callback.id))
             }
-        };
-        open_callbacks.known.insert(key, Some((callback, next)));
-        Ok(outcome)
+        }
     }
 
     /// Applies one event's command; a rejection writes nothing.
@@ -415,16 +399,11 @@ impl SqliteStore {
         command: &Command,
         now: DateTime<Utc>,
         opted_out: &mut HashSet<String>,
-        open_callbacks: &mut OpenCallbacks,
         effects: &mut Effects,
     ) -> Result<InboundOutcome> {
-        if !matches!(command, Command::Request(_)) {
-            // It may close or change callbacks the batch read ahead.
-            open_callbacks.known.clear();
-        }
         match command {
             Command::Request(request) => {
-                self.request_in(conn, request, now, opted_out, open_callbacks, effects)
+                self.request_in(conn, request, now, opted_out, effects)
                     .await
             }
             Command::Cancel {
@@ -589,9 +568,7 @@ impl Store for SqliteStore {
         // Keys and opt-outs are fetched for the whole batch up front (a few queries instead of
         // two per event) and kept current as events apply, so a later event sees an earlier one.
         let mut fingerprints = known_fingerprints(&mut tx, batch).await?;
-        let phones = requesting_phones(batch);
-        let mut opted_out = opted_out_phones(&mut tx, &phones, now).await?;
-        let mut open_callbacks = OpenCallbacks::read(&mut tx, batch, &phones).await?;
+        let mut opted_out = opted_out_phones(&mut tx, batch, now).await?;
         let mut applied = Vec::new();
         for event in batch {
             let key = (event.key.source.clone(), event.key.id.clone());
@@ -608,15 +585,8 @@ impl Store for SqliteStore {
                     )
                 }
                 None => {
-                    self.command_in(
-                        &mut tx,
-                        &event.command,
-                        now,
-                        &mut opted_out,
-                        &mut open_callbacks,
-                        &mut effects,
-                    )
-                    .await?
+                    self.command_in(&mut tx, &event.command, now, &mut opted_out, &mut effects)
+                        .await?
                 }
             };
             // Rejections are not recorded, so a corrected republish under the key can apply.
@@ -1275,14 +1245,6 @@ mod sql {
          (SELECT id FROM deliveries \
           WHERE callback_id IS NULL AND created_at < ? AND state <> 'pending' LIMIT ?)";
 
-    /// Open callbacks of any of `n` phones, every queue (binds: the phones).
-    pub fn open_for_phones(n: usize) -> String {
-        format!(
-            "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE phone IN ({}) AND {OPEN}",
-            vec!["?"; n].join(", ")
-        )
-    }
-
     /// Open callbacks of a phone, in one queue when `by_queue` (binds: phone[, queue]).
     pub fn open_for_phone(by_queue: bool) -> String {
         let queue = if by_queue { " AND queue = ?" } else { "" };
@@ -1351,9 +1313,13 @@ async fn known_fingerprints(
     Ok(known)
 }
 
-/// The distinct numbers of the batch's callback requests.
-fn requesting_phones(batch: &[Inbound]) -> Vec<&str> {
-    batch
+/// The batch's requesting phones that are opted out at `now`.
+async fn opted_out_phones(
+    conn: &mut SqliteConnection,
+    batch: &[Inbound],
+    now: DateTime<Utc>,
+) -> Result<HashSet<String>> {
+    let phones: Vec<&str> = batch
         .iter()
         .filter_map(|event| match &event.command {
             Command::Request(request) => Some(request.phone.as_str()),
@@ -1361,63 +1327,7 @@ fn requesting_phones(batch: &[Inbound]) -> Vec<&str> {
         })
         .collect::<HashSet<_>>()
         .into_iter()
-        .collect()
-}
-
-/// Open callbacks by (phone, queue): read for a whole batch of requests in a few queries
-/// instead of one per request, and kept current as requests apply (`None`: none is open).
-/// Only requests maintain it; any other command clears it, and lookups fall back to a query.
-#[derive(Default)]
-struct OpenCallbacks {
-    known: HashMap<PhoneInQueue, Option<StoredCallback>>,
-}
-
-/// A callback as loaded: with its stored next fire time.
-type StoredCallback = (Callback, Option<DateTime<Utc>>);
-/// `(phone, queue)`, the pair at most one open callback has.
-type PhoneInQueue = (String, String);
-
-impl OpenCallbacks {
-    async fn read(conn: &mut SqliteConnection, batch: &[Inbound], phones: &[&str]) -> Result<Self> {
-        let mut known = HashMap::new();
-        for event in batch {
-            if let Command::Request(request) = &event.command {
-                let key = (
-                    request.phone.as_str().to_owned(),
-                    request.queue.as_str().to_owned(),
-                );
-                known.insert(key, None);
-            }
-        }
-        for chunk in phones.chunks(sql::CHUNK) {
-            let statement = sql::open_for_phones(chunk.len());
-            let mut query = sqlx::query(&statement);
-            for phone in chunk {
-                query = query.bind(*phone);
-            }
-            for row in query.fetch_all(&mut *conn).await? {
-                let (callback, next) = callback_from_row(&row)?;
-                let key = (
-                    callback.phone.as_str().to_owned(),
-                    callback.queue.as_str().to_owned(),
-                );
-                // Only pairs the batch asks about are kept; open callbacks of the same number
-                // in other queues are not needed.
-                if let Some(slot) = known.get_mut(&key) {
-                    *slot = Some((callback, next));
-                }
-            }
-        }
-        Ok(Self { known })
-    }
-}
-
-/// The batch's requesting phones that are opted out at `now`.
-async fn opted_out_phones(
-    conn: &mut SqliteConnection,
-    phones: &[&str],
-    now: DateTime<Utc>,
-) -> Result<HashSet<String>> {
+        .collect();
     let mut opted_out = HashSet::new();
     for chunk in phones.chunks(sql::CHUNK) {
         let sql = sql::opted_out(chunk.len());
@@ -1883,7 +1793,6 @@ mod tests {
             "DELETE FROM deliveries WHERE callback_id IN (?, ?)".into(),
             sql::open_for_phone(false),
             sql::open_for_phone(true),
-            sql::open_for_phones(3),
             sql::ready_deliveries(),
             sql::list_deliveries(true),
             sql::sla_rows(true).into(),
