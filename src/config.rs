@@ -57,6 +57,17 @@ pub struct AmqpConfig {
     pub reconnect_max_delay: Duration,
 }
 
+impl AmqpConfig {
+    /// The parsed broker URL. The parser's own message quotes the URL, password included, so
+    /// it is not passed on.
+    pub fn uri(&self) -> anyhow::Result<lapin::uri::AMQPUri> {
+        self.url
+            .expose_secret()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("amqp.url is not a valid AMQP URL"))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {

@@ -11,13 +11,12 @@ use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
-use secrecy::ExposeSecret;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::AmqpConfig;
-use crate::reconnect::{pause, Backoff};
+use crate::reconnect::{pause, supervise, Backoff};
 use crate::store::{OutboxEvent, SharedStore};
 
 /// Events published per round; their confirms are awaited together.
@@ -64,39 +63,33 @@ impl Publisher {
     /// Runs until `shutdown`; fails only on a URL that can never work. Events stay in the
     /// outbox while the broker is away and go out in order once it is back.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let uri: AMQPUri = self
-            .config
-            .url
-            .expose_secret()
-            .parse()
-            // The parser's message quotes the URL, password included, so it is not passed on.
-            .map_err(|_| anyhow::anyhow!("amqp.url is not a valid AMQP URL"))?;
+        let uri = self.config.uri()?;
         let exchange = self.config.events_exchange.as_str();
-        let mut backoff = Backoff::new(RECONNECT_BASE, self.config.reconnect_max_delay);
-        let mut first = true;
-        while !shutdown.is_cancelled() {
-            if !first {
-                metrics::counter!("callkeeper_events_reconnects_total").increment(1);
+        let backoff = Backoff::new(RECONNECT_BASE, self.config.reconnect_max_delay);
+        let session = || {
+            let (this, uri, shutdown, backoff) = (&self, uri.clone(), &shutdown, &backoff);
+            async move {
+                let result = this.session(uri, shutdown, backoff).await;
+                metrics::gauge!("callkeeper_events_connected").set(0.0);
+                result
             }
-            first = false;
-            let result = self.session(uri.clone(), &shutdown, &mut backoff).await;
-            metrics::gauge!("callkeeper_events_connected").set(0.0);
-            match result {
-                Ok(()) => break,
-                Err(error) => {
-                    let wait = backoff.next_delay();
-                    warn!(
-                        %exchange,
-                        %error,
-                        retry_in_ms = wait.as_millis() as u64,
-                        "Lost the events connection; events wait in the outbox. Reconnecting."
-                    );
-                    if pause(wait, &shutdown).await {
-                        break;
-                    }
-                }
-            }
-        }
+        };
+        let lost = |error: PublishError, wait: Duration| {
+            warn!(
+                %exchange,
+                %error,
+                retry_in_ms = wait.as_millis() as u64,
+                "Lost the events connection; events wait in the outbox. Reconnecting."
+            )
+        };
+        supervise(
+            &shutdown,
+            &backoff,
+            "callkeeper_events_reconnects_total",
+            session,
+            lost,
+        )
+        .await;
         info!(%exchange, "Events publisher stopped.");
         Ok(())
     }
@@ -106,7 +99,7 @@ impl Publisher {
         &self,
         uri: AMQPUri,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
+        backoff: &Backoff,
     ) -> Result<(), PublishError> {
         let (connection, channel) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

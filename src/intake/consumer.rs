@@ -19,7 +19,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -28,7 +27,7 @@ use super::topology;
 use crate::clock::SharedClock;
 use crate::config::AmqpConfig;
 use crate::domain::inbound::{Inbound, InboundOutcome, Rejection};
-use crate::reconnect::{pause, Backoff};
+use crate::reconnect::{pause, supervise, Backoff};
 use crate::schedule::Rules;
 use crate::store::SharedStore;
 use crate::telemetry::SharedHealth;
@@ -123,42 +122,35 @@ impl Intake {
     /// Runs until `shutdown` is cancelled, reconnecting with backoff whenever the broker
     /// connection, a channel or the consumer is lost. Fails only on a URL that can never work.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let uri: AMQPUri = self
-            .config
-            .url
-            .expose_secret()
-            .parse()
-            // The parser's message quotes the URL, password included, so it is not passed on.
-            .map_err(|_| anyhow::anyhow!("amqp.url is not a valid AMQP URL"))?;
+        let uri = self.config.uri()?;
         let broker = describe(&uri);
-        let mut backoff = Backoff::new(RECONNECT_BASE, self.config.reconnect_max_delay);
-        let mut first = true;
-        while !shutdown.is_cancelled() {
-            if !first {
-                metrics::counter!("callkeeper_amqp_reconnects_total").increment(1);
+        let backoff = Backoff::new(RECONNECT_BASE, self.config.reconnect_max_delay);
+        let session = || {
+            let (this, uri, broker, shutdown, backoff) =
+                (&self, uri.clone(), &broker, &shutdown, &backoff);
+            async move {
+                let result = this.session(uri, broker, shutdown, backoff).await;
+                this.health.set_amqp_connected(false);
+                metrics::gauge!("callkeeper_intake_unacked").set(0.0);
+                result
             }
-            first = false;
-            let result = self
-                .session(uri.clone(), &broker, &shutdown, &mut backoff)
-                .await;
-            self.health.set_amqp_connected(false);
-            metrics::gauge!("callkeeper_intake_unacked").set(0.0);
-            match result {
-                Ok(()) => break,
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    warn!(
-                        %broker,
-                        %error,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "Lost the AMQP connection; reconnecting."
-                    );
-                    if pause(delay, &shutdown).await {
-                        break;
-                    }
-                }
-            }
-        }
+        };
+        let lost = |error: IntakeError, delay: Duration| {
+            warn!(
+                %broker,
+                %error,
+                retry_in_ms = delay.as_millis() as u64,
+                "Lost the AMQP connection; reconnecting."
+            )
+        };
+        supervise(
+            &shutdown,
+            &backoff,
+            "callkeeper_amqp_reconnects_total",
+            session,
+            lost,
+        )
+        .await;
         info!(%broker, "Intake stopped.");
         Ok(())
     }
@@ -169,7 +161,7 @@ impl Intake {
         uri: AMQPUri,
         broker: &str,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
+        backoff: &Backoff,
     ) -> Result<(), IntakeError> {
         let mut session = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -375,7 +367,7 @@ impl Intake {
         channel: &Channel,
         shutdown: &CancellationToken,
     ) -> Result<Option<Vec<InboundOutcome>>, IntakeError> {
-        let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+        let backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
         loop {
             match self.store.apply_inbound(events, self.clock.now()).await {
                 Ok(outcomes) => return Ok(Some(outcomes)),
@@ -413,7 +405,7 @@ impl Intake {
         let channel = &session.dead_letters;
         let exchange = self.config.dead_letter_exchange.as_str();
         let mut pending: Vec<usize> = (0..refused.len()).collect();
-        let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+        let backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
         loop {
             let mut confirms = Vec::with_capacity(pending.len());
             let mut failed = Vec::new();

@@ -251,14 +251,20 @@ pub async fn try_delivery(
 }
 
 /// Firing lateness: from the callback's due time (in the body) to its due webhook's first send.
+/// Reads only `data.due_at`; serde skips the rest of the body without building it.
 fn record_firing_lateness(delivery: &Delivery, now: DateTime<Utc>) {
-    let body: serde_json::Value = match serde_json::from_str(&delivery.body) {
-        Ok(body) => body,
-        Err(_) => return,
-    };
-    let due_at = body["data"]["due_at"]
-        .as_str()
-        .and_then(|at| DateTime::parse_from_rfc3339(at).ok());
+    #[derive(serde::Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        data: Data<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data<'a> {
+        due_at: &'a str,
+    }
+    let due_at = serde_json::from_str::<Body>(&delivery.body)
+        .ok()
+        .and_then(|body| DateTime::parse_from_rfc3339(body.data.due_at).ok());
     if let Some(due_at) = due_at {
         let late = (now - due_at.with_timezone(&Utc)).num_milliseconds().max(0) as f64 / 1000.0;
         metrics::histogram!("callkeeper_firing_lateness_seconds").record(late);
