@@ -8,21 +8,13 @@
 
 mod common;
 
+use common::broker::rabbitmqctl;
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::time::Duration;
 
 use callkeeper::ivr::IvrPublisher;
 use common::{spawn_app, Setup};
 use serde_json::{json, Value};
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
 
 /// A durable queue bound to every lifecycle event, so events survive the restart for reading.
 async fn event_sink(names: &str) -> String {

@@ -4,8 +4,8 @@
 
 mod common;
 
+use common::broker::{connections_named, rabbitmqctl};
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use common::{spawn_app, wait_for, Setup, TestApp, AMQP_URL};
@@ -229,33 +229,9 @@ async fn a_callbacks_events_arrive_in_order() {
     app.stop().await;
 }
 
-fn rabbitmqctl(args: &[&str]) -> String {
-    let output = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// The broker's pids of the worker's events connections, found by connection name.
 fn events_connections(exchange: &str) -> Vec<String> {
-    let wanted = format!("callkeeper events {exchange}");
-    rabbitmqctl(&[
-        "-q",
-        "list_connections",
-        "--no-table-headers",
-        "pid",
-        "client_properties",
-    ])
-    .lines()
-    .filter(|line| line.contains(&wanted))
-    .filter_map(|line| line.split('\t').next().map(str::to_owned))
-    .collect()
+    connections_named(&format!("callkeeper events {exchange}"))
 }
 
 async fn events_connections_now(exchange: &str) -> Vec<String> {

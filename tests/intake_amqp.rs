@@ -1,8 +1,9 @@
 //! The intake worker against the real RabbitMQ on 127.0.0.1:5672 and a real SQLite file.
 //! Every test declares its own exchanges and queues (random suffix), so tests run in parallel.
 
+mod common;
+
 use std::future::Future;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use callkeeper::intake::{Intake, DETAIL_HEADER, REASON_HEADER};
 use callkeeper::schedule::{Rules, Wakeups};
 use callkeeper::store::{ListFilter, SharedStore, SqliteStore, Store, StoreSettings};
 use callkeeper::telemetry::{Health, SharedHealth};
+use common::broker::{connections_named, rabbitmqctl};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -280,34 +282,9 @@ fn header(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
     }
 }
 
-fn rabbitmqctl(args: &[&str]) -> String {
-    let output = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The broker's ids for the worker's connections, found by its connection_name. RabbitMQ 3.10's
-/// `close_connection` takes the connection's pid, not its name.
+/// The broker's pids of the worker's intake connections, found by connection name.
 fn worker_connections(queue: &str) -> Vec<String> {
-    let wanted = format!("callkeeper intake {queue}");
-    rabbitmqctl(&[
-        "-q",
-        "list_connections",
-        "--no-table-headers",
-        "pid",
-        "client_properties",
-    ])
-    .lines()
-    .filter(|line| line.contains(&wanted))
-    .filter_map(|line| line.split('\t').next().map(str::to_owned))
-    .collect()
+    connections_named(&format!("callkeeper intake {queue}"))
 }
 
 /// Messages delivered to the worker and not yet acked, as the broker counts them.

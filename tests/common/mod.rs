@@ -3,6 +3,7 @@
 //! webhook receiver that verifies every signature.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod process;
 
 use std::sync::Arc;
