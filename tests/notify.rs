@@ -80,26 +80,20 @@ fn config(queues: &str, overrides: &[(&str, &str)]) -> Config {
 fn delivery(url: &str) -> Delivery {
     let now = Utc::now();
     let callback_id = CallbackId::new();
-    Delivery {
-        id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
-        callback_id: Some(callback_id),
-        queue: QueueName::parse("support").unwrap(),
-        notice: Notice::Due,
-        url: url.to_owned(),
-        body: json!({
-            "type": "callback.due",
-            "timestamp": now.to_rfc3339(),
-            "data": { "callback_id": callback_id, "phone": "+31612345678" },
-        })
-        .to_string(),
-        state: DeliveryState::Pending,
-        tries: 0,
-        next_try_at: now,
-        last_status: None,
-        last_error: None,
-        created_at: now,
-        delivered_at: None,
-    }
+    let body = json!({
+        "type": "callback.due",
+        "timestamp": now.to_rfc3339(),
+        "data": { "callback_id": callback_id, "phone": "+31612345678" },
+    });
+    Delivery::pending(
+        format!("msg_{}", uuid::Uuid::now_v7().simple()),
+        Some(callback_id),
+        QueueName::parse("support").unwrap(),
+        Notice::Due,
+        url,
+        body.to_string(),
+        now,
+    )
 }
 
 /// Everything one classification test needs: a receiver, and rules pointing at it.
