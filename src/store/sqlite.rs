@@ -31,6 +31,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READERS: u32 = 4;
+/// The writer's page cache, in SQLite's unit (negative: KiB).
+const WRITER_CACHE: &str = "-65536";
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
 /// `IN` list of the open states; must match the partial unique index in the migration so
@@ -84,7 +86,11 @@ impl SqliteStore {
                     .journal_mode(SqliteJournalMode::Wal)
                     // Zero what is deleted or overwritten, so an erased phone number does not
                     // linger in free space of the file (old row versions, index entries).
-                    .pragma("secure_delete", "ON"),
+                    .pragma("secure_delete", "ON")
+                    // 64 MiB instead of SQLite's 2 MiB: intake touches index pages all over a
+                    // store of hundreds of MB (random event ids), and every miss is a read
+                    // call. Measured +15 % intake at 100,000 callbacks (BENCHMARKS.md).
+                    .pragma("cache_size", WRITER_CACHE),
             )
             .await?;
         // An in-memory database exists once per connection set; share the writer for reads.
