@@ -391,7 +391,7 @@ impl Default for AmqpConfig {
             dead_letter_exchange: "callkeeper.dlx".into(),
             dead_letter_queue: "callkeeper.dead".into(),
             events_exchange: "callkeeper.events".into(),
-            prefetch: 256,
+            prefetch: 1024,
             reconnect_max_delay: Duration::from_secs(30),
         }
     }
