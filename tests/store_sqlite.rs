@@ -627,6 +627,51 @@ async fn advance_steps_a_batch_in_order_and_reports_the_missing() {
 }
 
 #[tokio::test]
+async fn advance_writes_a_batch_larger_than_one_statement_and_steps_a_repeat_once() {
+    let h = harness().await;
+    // More callbacks than one multi-row statement holds, so the rows go out in several.
+    let requests: Vec<Inbound> = (0..450)
+        .map(|i| {
+            let raw = format!("+316123{i:05}");
+            event(
+                &format!("req-{i}"),
+                "fp",
+                Command::Request(request(&raw, "support")),
+            )
+        })
+        .collect();
+    let created: Vec<CallbackId> = h
+        .store
+        .apply_inbound(&requests, t0())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|outcome| match outcome {
+            InboundOutcome::Created(id) => id,
+            other => panic!("expected Created, got {other:?}"),
+        })
+        .collect();
+    let mut ids = created.clone();
+    ids.push(created[0]);
+    let stepped = h.store.advance(&ids, t0()).await.unwrap();
+    assert_eq!(stepped.len(), 451);
+    assert!(stepped[..450]
+        .iter()
+        .all(|a| a.as_ref().map(|a| a.deliveries) == Some(1)));
+    assert_eq!(stepped[450], None, "a repeated id is stepped once");
+    for id in [created[0], created[199], created[200], created[449]] {
+        assert_eq!(h.store.get(id).await.unwrap().unwrap().state, State::Due);
+    }
+    let pending = h
+        .store
+        .list_deliveries(Some(DeliveryState::Pending), 1000)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 450);
+    assert_eq!(h.deliveries_of(created[0]).await.len(), 1);
+}
+
+#[tokio::test]
 async fn claim_by_another_agent_is_refused() {
     let h = harness().await;
     let id = h.create(PHONE, "support", t0()).await;

@@ -194,7 +194,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(DateTime<Utc>, CallbackId)>>;
     /// Applies the time-driven transitions due at `now` to each callback and queues their
     /// webhooks, all in one transaction. One entry per id, in order; `None` for a callback
-    /// that no longer exists.
+    /// that no longer exists, and for an id listed twice after its first place.
     async fn advance(
         &self,
         ids: &[CallbackId],

@@ -126,8 +126,12 @@ impl SqliteStore {
     async fn commit(
         &self,
         mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-        effects: Effects,
+        mut effects: Effects,
     ) -> Result {
+        if let Some(rows) = effects.deferred.take() {
+            upsert_callbacks(&mut tx, &rows.callbacks).await?;
+            insert_deliveries(&mut tx, &rows.deliveries).await?;
+        }
         insert_events(&mut tx, &effects.events).await?;
         tx.commit().await?;
         effects.wake(&self.settings.wakeups);
@@ -157,7 +161,10 @@ impl SqliteStore {
             // Queue no longer configured: keep the time we had, the rules are unknown.
             (true, None) => prior.next_fire_at,
         };
-        upsert_callback(conn, callback, next).await?;
+        match effects.deferred.as_mut() {
+            Some(rows) => rows.callbacks.push((callback.clone(), next)),
+            None => upsert_callbacks(conn, &[(callback.clone(), next)]).await?,
+        }
         // Written to the outbox in bulk by `commit`, in this order.
         effects.events.extend(lifecycle_events(
             prior.callback,
@@ -177,7 +184,11 @@ impl SqliteStore {
             };
             let deliveries =
                 deliveries_for(callback, notices, policy, &self.settings.public_url, now);
-            effects.deliveries += insert_deliveries(conn, &deliveries).await?;
+            effects.deliveries += deliveries.len();
+            match effects.deferred.as_mut() {
+                Some(rows) => rows.deliveries.extend(deliveries),
+                None => insert_deliveries(conn, &deliveries).await?,
+            }
         }
         Ok(next)
     }
@@ -299,35 +310,31 @@ impl SqliteStore {
         Ok(cancelled)
     }
 
-    /// Steps one callback inside the caller's transaction; `None` when it no longer exists
-    /// (erased while its fire time was in the timer's hands).
+    /// Steps one callback, as loaded inside the caller's transaction.
     async fn advance_in(
         &self,
         conn: &mut SqliteConnection,
-        id: CallbackId,
+        (mut callback, stored_next): (Callback, Option<DateTime<Utc>>),
         now: DateTime<Utc>,
         effects: &mut Effects,
-    ) -> Result<Option<Advanced>> {
-        let Some((mut callback, stored_next)) = load_callback(conn, id).await? else {
-            return Ok(None);
-        };
+    ) -> Result<Advanced> {
         match stored_next {
             Some(at) if at <= now => {}
             _ => {
-                return Ok(Some(Advanced {
+                return Ok(Advanced {
                     deliveries: 0,
                     next_fire_at: stored_next,
-                }))
+                })
             }
         }
         let Some(policy) = self.policy(&callback.queue) else {
             warn!(queue = %callback.queue, "Callback's queue is no longer configured; left as it is.");
             // Nothing for the timer to do until the queue is configured again (a restart
             // reloads it from the stored fire time).
-            return Ok(Some(Advanced {
+            return Ok(Advanced {
                 deliveries: 0,
                 next_fire_at: None,
-            }));
+            });
         };
         let before = callback.clone();
         let notices = lifecycle::advance(&mut callback, policy, now);
@@ -345,10 +352,10 @@ impl SqliteStore {
         for notice in &notices {
             debug!(callback_id = %callback.id, notice = %notice, "Callback notice queued.");
         }
-        Ok(Some(Advanced {
+        Ok(Advanced {
             deliveries: (effects.deliveries - queued_before) as u32,
             next_fire_at,
-        }))
+        })
     }
 
     async fn request_in(
@@ -532,6 +539,17 @@ struct Effects {
     deliveries: usize,
     /// Lifecycle events written to the outbox; counted in the metrics once committed.
     events: Vec<LifecycleEvent>,
+    /// Set by a write that reads all it needs before changing anything (the timer's batch):
+    /// its rows are then kept here and written by `commit`, many per statement. Other writes
+    /// read back what they wrote, so they write at once.
+    deferred: Option<Deferred>,
+}
+
+/// Rows a batch write hands to `commit`.
+#[derive(Debug, Default)]
+struct Deferred {
+    callbacks: Vec<(Callback, Option<DateTime<Utc>>)>,
+    deliveries: Vec<Delivery>,
 }
 
 impl Effects {
@@ -715,13 +733,24 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<Option<Advanced>>> {
         let now = truncate(now);
-        let mut effects = Effects::default();
+        // Rows are read up front and written at `commit`, many per statement: a batch is a
+        // handful of statements instead of three per callback.
+        let mut effects = Effects {
+            deferred: Some(Deferred::default()),
+            ..Effects::default()
+        };
         let mut stepped = Vec::with_capacity(ids.len());
         // One transaction (one fsync) for the whole batch: per-callback commits capped firing
         // at the disk's flush rate.
         let mut tx = self.begin_write().await?;
-        for &id in ids {
-            stepped.push(self.advance_in(&mut tx, id, now, &mut effects).await?);
+        let mut loaded = load_callbacks(&mut tx, ids).await?;
+        for id in ids {
+            // `None`: erased while its fire time was in the timer's hands, or listed twice (it
+            // was stepped already, and the timer holds its next time from that step).
+            stepped.push(match loaded.remove(id) {
+                Some(row) => Some(self.advance_in(&mut tx, row, now, &mut effects).await?),
+                None => None,
+            });
         }
         // The caller (the timer) is told the next times in the return value; the wakeups still
         // go out, so every path that changes a fire time reports it the same way.
@@ -1209,6 +1238,49 @@ mod sql {
         )
     }
 
+    /// Callbacks by id: a new id inserts, a known one updates every column but the
+    /// identity (id, queue, phone, requested_at).
+    pub fn upsert_callbacks(rows: usize) -> String {
+        format!(
+            "INSERT INTO callbacks ({}) VALUES {} \
+             ON CONFLICT (id) DO UPDATE SET \
+               priority = excluded.priority, state = excluded.state, sla = excluded.sla, \
+               customer = excluded.customer, agent_id = excluded.agent_id, \
+               context = excluded.context, call_info = excluded.call_info, \
+               window_not_before = excluded.window_not_before, \
+               window_not_after = excluded.window_not_after, due_at = excluded.due_at, \
+               deadline = excluded.deadline, requests = excluded.requests, \
+               attempts = excluded.attempts, max_attempts = excluded.max_attempts, \
+               claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at, \
+               first_attempt_at = excluded.first_attempt_at, \
+               last_outcome = excluded.last_outcome, \
+               at_risk_notified = excluded.at_risk_notified, \
+               cancel_reason = excluded.cancel_reason, closed_at = excluded.closed_at, \
+               updated_at = excluded.updated_at, next_fire_at = excluded.next_fire_at, \
+               no_answer_attempts = excluded.no_answer_attempts, \
+               busy_attempts = excluded.busy_attempts, \
+               voicemail_attempts = excluded.voicemail_attempts, \
+               offered_to_queue_at = excluded.offered_to_queue_at",
+            super::CALLBACK_COLUMNS,
+            placeholders(rows, 31)
+        )
+    }
+
+    /// Deliveries (binds per row: id, callback_id, queue, notice, url, body, url again, state,
+    /// tries, next_try_at, last_status, last_error, created_at, delivered_at). A row to a
+    /// disabled endpoint is stored `disabled` whatever state it was given.
+    pub fn insert_deliveries(rows: usize) -> String {
+        let row = "(?, ?, ?, ?, ?, ?, \
+             CASE WHEN EXISTS (SELECT 1 FROM endpoints WHERE url = ? AND disabled_at IS NOT NULL) \
+                  THEN 'disabled' ELSE ? END, \
+             ?, ?, ?, ?, ?, ?)";
+        format!(
+            "INSERT INTO deliveries ({}) VALUES {}",
+            super::DELIVERY_COLUMNS,
+            vec![row; rows].join(", ")
+        )
+    }
+
     /// `(?, ?), (?, ?)` for `rows` rows of `columns` values.
     fn placeholders(rows: usize, columns: usize) -> String {
         let row = format!("({})", vec!["?"; columns].join(", "));
@@ -1438,6 +1510,29 @@ async fn load_callback(
     row.as_ref().map(callback_from_row).transpose()
 }
 
+/// The callbacks among `ids` that exist, each with its stored fire time.
+async fn load_callbacks(
+    conn: &mut SqliteConnection,
+    ids: &[CallbackId],
+) -> Result<HashMap<CallbackId, (Callback, Option<DateTime<Utc>>)>> {
+    let mut loaded = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(sql::CHUNK) {
+        let statement = format!(
+            "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&statement);
+        for id in chunk {
+            query = query.bind(id.to_string());
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let (callback, next) = callback_from_row(&row)?;
+            loaded.insert(callback.id, (callback, next));
+        }
+    }
+    Ok(loaded)
+}
+
 /// When `phone` was called after `since`, over all its callbacks in every queue.
 async fn phone_attempts(
     conn: &mut SqliteConnection,
@@ -1460,73 +1555,50 @@ async fn load_queue(conn: &mut SqliteConnection, id: CallbackId) -> Result<Optio
     queue.map(|q| parse_queue(&q)).transpose()
 }
 
-async fn upsert_callback(
+/// Inserts or updates callbacks with their fire times, many rows per statement.
+async fn upsert_callbacks(
     conn: &mut SqliteConnection,
-    c: &Callback,
-    next_fire_at: Option<DateTime<Utc>>,
+    rows: &[(Callback, Option<DateTime<Utc>>)],
 ) -> Result {
-    let customer = c.customer.as_ref().map(to_json).transpose()?;
-    let context = c.context.as_ref().map(to_json).transpose()?;
-    let call = c.call.as_ref().map(to_json).transpose()?;
-    sqlx::query(
-        "INSERT INTO callbacks (id, queue, phone, priority, state, sla, customer, agent_id, \
-           context, call_info, window_not_before, window_not_after, requested_at, due_at, \
-           deadline, requests, attempts, max_attempts, claimed_by, claimed_at, first_attempt_at, \
-           last_outcome, at_risk_notified, cancel_reason, closed_at, updated_at, next_fire_at, \
-           no_answer_attempts, busy_attempts, voicemail_attempts, offered_to_queue_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
-           ?, ?, ?, ?) \
-         ON CONFLICT (id) DO UPDATE SET \
-           priority = excluded.priority, state = excluded.state, sla = excluded.sla, \
-           customer = excluded.customer, agent_id = excluded.agent_id, \
-           context = excluded.context, call_info = excluded.call_info, \
-           window_not_before = excluded.window_not_before, \
-           window_not_after = excluded.window_not_after, due_at = excluded.due_at, \
-           deadline = excluded.deadline, requests = excluded.requests, \
-           attempts = excluded.attempts, max_attempts = excluded.max_attempts, \
-           claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at, \
-           first_attempt_at = excluded.first_attempt_at, last_outcome = excluded.last_outcome, \
-           at_risk_notified = excluded.at_risk_notified, \
-           cancel_reason = excluded.cancel_reason, closed_at = excluded.closed_at, \
-           updated_at = excluded.updated_at, next_fire_at = excluded.next_fire_at, \
-           no_answer_attempts = excluded.no_answer_attempts, \
-           busy_attempts = excluded.busy_attempts, \
-           voicemail_attempts = excluded.voicemail_attempts, \
-           offered_to_queue_at = excluded.offered_to_queue_at",
-    )
-    .bind(c.id.to_string())
-    .bind(c.queue.as_str())
-    .bind(c.phone.as_str())
-    .bind(c.priority.as_str())
-    .bind(c.state.as_str())
-    .bind(c.sla.as_str())
-    .bind(customer)
-    .bind(&c.agent_id)
-    .bind(context)
-    .bind(call)
-    .bind(c.window.map(|w| ms(w.not_before)))
-    .bind(c.window.map(|w| ms(w.not_after)))
-    .bind(ms(c.requested_at))
-    .bind(ms(c.due_at))
-    .bind(ms(c.deadline))
-    .bind(c.requests)
-    .bind(c.attempts)
-    .bind(c.max_attempts)
-    .bind(&c.claimed_by)
-    .bind(c.claimed_at.map(ms))
-    .bind(c.first_attempt_at.map(ms))
-    .bind(c.last_outcome.map(Outcome::as_str))
-    .bind(c.at_risk_notified)
-    .bind(c.cancel_reason.map(CancelReason::as_str))
-    .bind(c.closed_at.map(ms))
-    .bind(ms(c.updated_at))
-    .bind(next_fire_at.map(ms))
-    .bind(c.no_answer_attempts)
-    .bind(c.busy_attempts)
-    .bind(c.voicemail_attempts)
-    .bind(c.offered_to_queue_at.map(ms))
-    .execute(&mut *conn)
-    .await?;
+    for chunk in rows.chunks(sql::CHUNK) {
+        let statement = sql::upsert_callbacks(chunk.len());
+        let mut query = sqlx::query(&statement);
+        for (c, next_fire_at) in chunk {
+            query = query
+                .bind(c.id.to_string())
+                .bind(c.queue.as_str())
+                .bind(c.phone.as_str())
+                .bind(c.priority.as_str())
+                .bind(c.state.as_str())
+                .bind(c.sla.as_str())
+                .bind(c.customer.as_ref().map(to_json).transpose()?)
+                .bind(&c.agent_id)
+                .bind(c.context.as_ref().map(to_json).transpose()?)
+                .bind(c.call.as_ref().map(to_json).transpose()?)
+                .bind(c.window.map(|w| ms(w.not_before)))
+                .bind(c.window.map(|w| ms(w.not_after)))
+                .bind(ms(c.requested_at))
+                .bind(ms(c.due_at))
+                .bind(ms(c.deadline))
+                .bind(c.requests)
+                .bind(c.attempts)
+                .bind(c.max_attempts)
+                .bind(&c.claimed_by)
+                .bind(c.claimed_at.map(ms))
+                .bind(c.first_attempt_at.map(ms))
+                .bind(c.last_outcome.map(Outcome::as_str))
+                .bind(c.at_risk_notified)
+                .bind(c.cancel_reason.map(CancelReason::as_str))
+                .bind(c.closed_at.map(ms))
+                .bind(ms(c.updated_at))
+                .bind(next_fire_at.map(ms))
+                .bind(c.no_answer_attempts)
+                .bind(c.busy_attempts)
+                .bind(c.voicemail_attempts)
+                .bind(c.offered_to_queue_at.map(ms));
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -1550,36 +1622,32 @@ async fn insert_events(conn: &mut SqliteConnection, events: &[LifecycleEvent]) -
     Ok(())
 }
 
-/// Inserts deliveries; those to a disabled endpoint are held (`disabled`) instead of pending.
-async fn insert_deliveries(conn: &mut SqliteConnection, deliveries: &[Delivery]) -> Result<usize> {
-    for d in deliveries {
-        sqlx::query(
-            "INSERT INTO deliveries (id, callback_id, queue, notice, url, body, state, tries, \
-               next_try_at, last_status, last_error, created_at, delivered_at) \
-             VALUES (?, ?, ?, ?, ?, ?, \
-               CASE WHEN EXISTS (SELECT 1 FROM endpoints \
-                                 WHERE url = ? AND disabled_at IS NOT NULL) \
-                    THEN 'disabled' ELSE ? END, \
-               ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&d.id)
-        .bind(d.callback_id.map(|id| id.to_string()))
-        .bind(d.queue.as_str())
-        .bind(d.notice.as_str())
-        .bind(&d.url)
-        .bind(&d.body)
-        .bind(&d.url)
-        .bind(d.state.as_str())
-        .bind(d.tries)
-        .bind(ms(d.next_try_at))
-        .bind(d.last_status)
-        .bind(&d.last_error)
-        .bind(ms(d.created_at))
-        .bind(d.delivered_at.map(ms))
-        .execute(&mut *conn)
-        .await?;
+/// Inserts deliveries, many rows per statement; those to a disabled endpoint are held
+/// (`disabled`) instead of pending.
+async fn insert_deliveries(conn: &mut SqliteConnection, deliveries: &[Delivery]) -> Result {
+    for chunk in deliveries.chunks(sql::CHUNK) {
+        let statement = sql::insert_deliveries(chunk.len());
+        let mut query = sqlx::query(&statement);
+        for d in chunk {
+            query = query
+                .bind(&d.id)
+                .bind(d.callback_id.map(|id| id.to_string()))
+                .bind(d.queue.as_str())
+                .bind(d.notice.as_str())
+                .bind(&d.url)
+                .bind(&d.body)
+                .bind(&d.url)
+                .bind(d.state.as_str())
+                .bind(d.tries)
+                .bind(ms(d.next_try_at))
+                .bind(d.last_status)
+                .bind(&d.last_error)
+                .bind(ms(d.created_at))
+                .bind(d.delivered_at.map(ms));
+        }
+        query.execute(&mut *conn).await?;
     }
-    Ok(deliveries.len())
+    Ok(())
 }
 
 /// Inserts an SLA digest like [`insert_deliveries`] does, except that a digest whose id is
