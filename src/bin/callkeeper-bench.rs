@@ -392,6 +392,28 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             kib(worker.peak_rss_kib),
         );
         report.figure("backlog", "SIGTERM to exit", stopped.to_string());
+
+        // What SQLite alone can do on the store the worker just filled: the bound any intake
+        // on this schema and disk meets, whatever the client does.
+        let floor_n = n.min(STORE_FLOOR_MAX);
+        let floor = store_floor(&rig.db, floor_n, usize::from(prefetch)).await?;
+        let floor_rate = floor_n as f64 / floor.as_secs_f64();
+        report.figure(
+            "backlog",
+            "SQLite alone (same writes, no client)",
+            format!(
+                "{} more in {} ({}/s, {:.2} of the ceiling; {prefetch} per transaction)",
+                thousands(floor_n),
+                secs(floor),
+                thousands(floor_rate as u64),
+                floor_rate / ceiling_rate
+            ),
+        );
+        report.figure(
+            "backlog",
+            "worker / SQLite alone",
+            format!("{:.2}", worker_rate / floor_rate),
+        );
         Ok(worker_rate)
     }
     .await;
@@ -1096,6 +1118,79 @@ async fn clone_callbacks(db: &Path, seeds: u64, extra: u64) -> anyhow::Result<Du
         .await?;
     conn.close().await?;
     Ok(started.elapsed())
+}
+
+/// Rows the store-floor measurement adds at most.
+const STORE_FLOOR_MAX: u64 = 100_000;
+
+/// Times SQLite itself writing what intake writes for `n` new callbacks, `batch` per
+/// transaction, on the worker's store and with its settings (WAL, `synchronous=FULL`, its page
+/// cache): per callback one `callbacks` row (all its indexes), one `inbound_events` key with a
+/// random event id, as IVR event ids are, and one outbox event of the usual size. One
+/// `INSERT … SELECT` per table and transaction, so no client cost is in the figure.
+async fn store_floor(db: &Path, n: u64, batch: usize) -> anyhow::Result<Duration> {
+    let mut conn = SqliteConnectOptions::new()
+        .filename(db)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+        .pragma("cache_size", "-65536")
+        .busy_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .context("opening the store for the SQLite-alone measurement")?;
+    let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('callbacks')")
+        .fetch_all(&mut conn)
+        .await?
+        .iter()
+        .map(|row| row.get::<String, _>("name"))
+        .collect();
+    let seeds: i64 = sqlx::query_scalar("SELECT count(*) FROM callbacks")
+        .fetch_one(&mut conn)
+        .await?;
+    ensure!(seeds > 0, "the store holds no callbacks to copy");
+    let select: Vec<String> = columns
+        .iter()
+        .map(|c| match c.as_str() {
+            "id" => "printf('%s-f%d', id, ?1)".into(),
+            "phone" => format!("printf('+317%09d', rowid + ?1 * {seeds})"),
+            other => format!("\"{other}\""),
+        })
+        .collect();
+    let insert_columns: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
+    let callbacks = format!(
+        "INSERT INTO callbacks ({}) SELECT {} FROM callbacks WHERE rowid BETWEEN ?2 AND ?3",
+        insert_columns.join(", "),
+        select.join(", ")
+    );
+    let inbound = "INSERT INTO inbound_events (source, id, fingerprint, applied_at) \
+         SELECT 'bench', lower(hex(randomblob(16))), lower(hex(randomblob(32))), requested_at \
+         FROM callbacks WHERE rowid BETWEEN ?2 AND ?3";
+    let outbox = "INSERT INTO event_outbox (id, callback_id, type, body, created_at) \
+         SELECT lower(hex(randomblob(16))), id, 'callkeeper.callback.requested', \
+           printf('%.540c', 'x'), requested_at \
+         FROM callbacks WHERE rowid BETWEEN ?2 AND ?3";
+    let started = Instant::now();
+    let (mut done, mut k) = (0u64, 1i64);
+    while done < n {
+        let rows = (n - done).min(batch as u64) as i64;
+        let a = (done as i64 % seeds) + 1;
+        let b = (a + rows - 1).min(seeds);
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        for statement in [callbacks.as_str(), inbound, outbox] {
+            sqlx::query(statement)
+                .bind(k)
+                .bind(a)
+                .bind(b)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        done += (b - a + 1) as u64;
+        k += 1;
+    }
+    let took = started.elapsed();
+    conn.close().await?;
+    Ok(took)
 }
 
 // ---------------------------------------------------------------------------------------------
