@@ -43,14 +43,32 @@ impl Phone {
 
     /// The ISO 3166 region the number belongs to (`NL`, `US`), when libphonenumber knows it.
     pub fn region(&self) -> Option<String> {
-        let number = phonenumber::parse(None, &self.0).ok()?;
-        number.country().id().map(|id| format!("{id:?}"))
+        sole_region(&self.0).map(str::to_owned).or_else(|| {
+            let number = phonenumber::parse(None, &self.0).ok()?;
+            number.country().id().map(|id| format!("{id:?}"))
+        })
     }
 
     /// The form allowed in logs, metrics and error texts: `+3161*****78`.
     pub fn masked(&self) -> String {
         mask_phone(&self.0)
     }
+}
+
+/// The region of an E.164 number whose country calling code belongs to one region only, read
+/// from the code itself. Calling codes are prefix-free, so the first one to three digits name
+/// it. The scheduling rules ask for the region on every step, and libphonenumber's full parse
+/// costs more than the rest of the step; shared codes (`+1`, `+44`, `+7`) still need it.
+fn sole_region(e164: &str) -> Option<&'static str> {
+    let digits = e164.strip_prefix('+')?;
+    (1..=3).find_map(|len| {
+        let code: u16 = digits.get(..len)?.parse().ok()?;
+        match phonenumber::metadata::DATABASE.region(&code)?.as_slice() {
+            // "001" marks the non-geographic codes (+800, +882): no region.
+            [only] if *only != "001" => Some(*only),
+            _ => None,
+        }
+    })
 }
 
 /// Masks anything phone-like so at most the first five and the last two characters show.
@@ -106,6 +124,29 @@ mod tests {
         let p = Phone::parse("+31612345678").unwrap();
         assert_eq!(p.as_str(), "+31612345678");
         assert_eq!(p.region().as_deref(), Some("NL"));
+    }
+
+    #[test]
+    fn region_from_the_calling_code_agrees_with_libphonenumber() {
+        let numbers = [
+            "+31612345678",   // NL, code of one region
+            "+4915112345678", // DE
+            "+35312345678",   // IE, three-digit code
+            "+12025550123",   // US, +1 is shared
+            "+14165550123",   // CA
+            "+447400123456",  // GB, +44 is shared
+            "+74951234567",   // RU, +7 is shared
+            "+80012345678",   // international freephone, no region
+        ];
+        for raw in numbers {
+            let phone = Phone::from_stored(raw).unwrap();
+            let parsed = phonenumber::parse(None, raw)
+                .ok()
+                .and_then(|n| n.country().id().map(|id| format!("{id:?}")));
+            assert_eq!(phone.region(), parsed, "{raw}");
+        }
+        assert_eq!(sole_region("+31612345678"), Some("NL"));
+        assert_eq!(sole_region("+12025550123"), None);
     }
 
     #[test]
