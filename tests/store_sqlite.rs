@@ -836,6 +836,10 @@ async fn tries_finished_together_are_recorded_together() {
         (a.id.clone(), TryResult::Delivered { status: 204 }),
         ("msg_purged_meanwhile".to_owned(), TryResult::Gone),
         (
+            "msg_erased_meanwhile".to_owned(),
+            TryResult::Delivered { status: 200 },
+        ),
+        (
             b.id.clone(),
             TryResult::Failed {
                 status: Some(503),
@@ -847,6 +851,7 @@ async fn tries_finished_together_are_recorded_together() {
     assert_eq!(h.store.record_tries(&tries, t0()).await.unwrap(), 2);
     let a = h.store.get_delivery(&a.id).await.unwrap().unwrap();
     assert_eq!((a.state, a.tries), (DeliveryState::Delivered, 1));
+    assert_eq!((a.last_status, a.delivered_at), (Some(204), Some(t0())));
     let b = h.store.get_delivery(&b.id).await.unwrap().unwrap();
     assert_eq!(
         (b.state, b.tries, b.next_try_at),

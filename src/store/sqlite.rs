@@ -783,8 +783,28 @@ impl Store for SqliteStore {
         let mut recorded = 0;
         // One transaction for every try the notifier finished meanwhile (group commit).
         let mut tx = self.begin_write().await?;
+        // Successes, nearly all of them, many per statement; the rest one by one. Each
+        // delivery is in the batch once (the notifier holds it until it is recorded), so the
+        // order between the two does not matter.
+        let delivered: Vec<(&str, u16)> = tries
+            .iter()
+            .filter_map(|(id, result)| match result {
+                TryResult::Delivered { status } => Some((id.as_str(), *status)),
+                _ => None,
+            })
+            .collect();
+        for chunk in delivered.chunks(sql::CHUNK) {
+            let statement = sql::record_delivered(chunk.len());
+            let mut query = sqlx::query(&statement).bind(now);
+            for (id, status) in chunk {
+                query = query.bind(*id).bind(*status);
+            }
+            recorded += query.execute(&mut *tx).await?.rows_affected() as usize;
+        }
         for (id, result) in tries {
-            if record_try_in(&mut tx, id, result, now).await? {
+            if !matches!(result, TryResult::Delivered { .. })
+                && record_try_in(&mut tx, id, result, now).await?
+            {
                 recorded += 1;
             }
         }
@@ -1050,15 +1070,12 @@ async fn record_try_in(
 
     match result {
         TryResult::Delivered { status } => {
-            sqlx::query(
-                "UPDATE deliveries SET state = 'delivered', tries = tries + 1, \
-                 last_status = ?, last_error = NULL, delivered_at = ? WHERE id = ?",
-            )
-            .bind(status)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query(&sql::record_delivered(1))
+                .bind(now)
+                .bind(id)
+                .bind(status)
+                .execute(&mut *conn)
+                .await?;
         }
         TryResult::Failed {
             status,
@@ -1278,6 +1295,17 @@ mod sql {
             "INSERT INTO deliveries ({}) VALUES {}",
             super::DELIVERY_COLUMNS,
             vec![row; rows].join(", ")
+        )
+    }
+
+    /// Marks deliveries delivered (binds: delivered_at, then id and status per row); a row
+    /// whose delivery is gone (erased meanwhile) matches nothing.
+    pub fn record_delivered(rows: usize) -> String {
+        format!(
+            "UPDATE deliveries SET state = 'delivered', tries = tries + 1, \
+               last_status = v.column2, last_error = NULL, delivered_at = ? \
+             FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
+            placeholders(rows, 2)
         )
     }
 
