@@ -860,6 +860,54 @@ async fn tries_finished_together_are_recorded_together() {
 }
 
 #[tokio::test]
+async fn ready_deliveries_leave_out_the_held_ones_and_keep_their_order() {
+    let h = harness().await;
+    let mut ids = Vec::new();
+    for (i, raw) in ["+31612345678", "+31612345679", "+31612345680"]
+        .iter()
+        .enumerate()
+    {
+        let id = h.create(raw, "support", t0()).await;
+        // Steps a minute apart, so the deliveries are ready in this order.
+        h.store
+            .advance_one(id, t0() + mins(i as i64))
+            .await
+            .unwrap();
+        ids.push(h.deliveries_of(id).await.remove(0).id);
+    }
+    let now = t0() + mins(5);
+    let all = h
+        .store
+        .ready_deliveries(now, 10, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        ids.iter().collect::<Vec<_>>()
+    );
+
+    let held = std::collections::HashSet::from([ids[0].clone()]);
+    let rest = h.store.ready_deliveries(now, 10, &held).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        vec![&ids[1], &ids[2]]
+    );
+    // The limit counts what is returned, not what is held.
+    let one = h.store.ready_deliveries(now, 1, &held).await.unwrap();
+    assert_eq!(one.iter().map(|d| &d.id).collect::<Vec<_>>(), vec![&ids[1]]);
+    // One recorded meanwhile is not handed out again.
+    h.store
+        .record_try(&ids[1], &TryResult::Delivered { status: 200 }, now)
+        .await
+        .unwrap();
+    let left = h.store.ready_deliveries(now, 10, &held).await.unwrap();
+    assert_eq!(
+        left.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        vec![&ids[2]]
+    );
+}
+
+#[tokio::test]
 async fn delivery_tries_retry_give_up_and_deliver() {
     let h = harness().await;
     let id = h.create(PHONE, "support", t0()).await;
@@ -867,11 +915,15 @@ async fn delivery_tries_retry_give_up_and_deliver() {
     let d = h.deliveries_of(id).await.remove(0);
 
     assert_eq!(h.store.next_delivery_at().await.unwrap(), Some(t0()));
-    let ready = h.store.ready_deliveries(t0(), 10).await.unwrap();
+    let ready = h
+        .store
+        .ready_deliveries(t0(), 10, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(ready.len(), 1);
     assert!(h
         .store
-        .ready_deliveries(t0() - mins(1), 10)
+        .ready_deliveries(t0() - mins(1), 10, &Default::default())
         .await
         .unwrap()
         .is_empty());
@@ -889,7 +941,12 @@ async fn delivery_tries_retry_give_up_and_deliver() {
     assert_eq!(now.next_try_at, retry_at);
     assert_eq!(now.last_status, Some(503));
     assert_eq!(now.last_error.as_deref(), Some("service unavailable"));
-    assert!(h.store.ready_deliveries(t0(), 10).await.unwrap().is_empty());
+    assert!(h
+        .store
+        .ready_deliveries(t0(), 10, &Default::default())
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(h.store.next_delivery_at().await.unwrap(), Some(retry_at));
 
     let give_up = TryResult::Failed {
@@ -970,7 +1027,11 @@ async fn gone_disables_the_endpoint_until_a_replay() {
         DeliveryState::Pending,
         "other endpoints are untouched"
     );
-    let ready = h.store.ready_deliveries(t0(), 10).await.unwrap();
+    let ready = h
+        .store
+        .ready_deliveries(t0(), 10, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(
         ready.iter().map(|d| &d.id).collect::<Vec<_>>(),
         vec![&ds.id]
@@ -1055,7 +1116,14 @@ async fn data_survives_close_and_reopen() {
     reopened.migrate().await.unwrap();
     reopened.ping().await.unwrap();
     assert_eq!(reopened.get(id).await.unwrap(), Some(before));
-    assert_eq!(reopened.ready_deliveries(t0(), 10).await.unwrap().len(), 1);
+    assert_eq!(
+        reopened
+            .ready_deliveries(t0(), 10, &Default::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     // Idempotency survives too.
     let ev = event(
         "e1",
@@ -1681,7 +1749,10 @@ async fn migration_0005_keeps_every_delivery_and_lets_a_digest_have_no_callback(
         })
     );
     // The retrying one is still the notifier's to send.
-    let ready = store.ready_deliveries(at(60_000), 10).await.unwrap();
+    let ready = store
+        .ready_deliveries(at(60_000), 10, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(ready.len(), 1);
     assert_eq!(ready[0].id, "msg_b");
 

@@ -475,18 +475,18 @@ impl Lanes {
             per_endpoint: HashMap::new(),
             max_in_flight: config.max_in_flight,
             max_per_endpoint: config.max_in_flight_per_endpoint,
-            // Deep enough that a burst to one endpoint needs few store reads (each returns the
-            // held ones again), small enough to bound memory: 32 bodies per slot.
+            // Deep enough that a burst to one endpoint needs few store reads, small enough to
+            // bound memory: 32 bodies per slot.
             backlog_per_endpoint: config.max_in_flight_per_endpoint.max(1) * 32,
             skipped: 0,
             more_ready: false,
         }
     }
 
-    /// How many to ask the store for: past the ones we hold and the ones we skipped, so
+    /// How many to ask the store for, besides the ones we hold: past the ones we skipped, so
     /// deliveries to other endpoints come into view.
     fn fetch_limit(&self) -> u32 {
-        let limit = (self.held.len() + self.skipped + self.max_in_flight).min(FETCH_MAX);
+        let limit = (self.skipped + self.max_in_flight).min(FETCH_MAX);
         u32::try_from(limit.max(1)).unwrap_or(u32::MAX)
     }
 
@@ -494,9 +494,6 @@ impl Lanes {
         self.more_ready = ready.len() >= limit as usize;
         self.skipped = 0;
         for delivery in ready {
-            if self.held.contains(&delivery.id) {
-                continue;
-            }
             let lane = self.waiting.entry(delivery.url.clone()).or_default();
             if lane.len() >= self.backlog_per_endpoint {
                 self.skipped += 1;
@@ -719,7 +716,7 @@ impl Notifier {
     async fn fetch(&self, lanes: &mut Lanes) -> crate::store::Result<Option<DateTime<Utc>>> {
         let now = self.clock.now();
         let limit = lanes.fetch_limit();
-        let ready = self.store.ready_deliveries(now, limit).await?;
+        let ready = self.store.ready_deliveries(now, limit, &lanes.held).await?;
         lanes.take(ready, limit);
         // Ready ones we hold or skipped are handled by completions and the poll.
         let next = self.store.next_delivery_at().await?;

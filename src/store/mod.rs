@@ -3,6 +3,7 @@
 
 mod sqlite;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -206,8 +207,15 @@ pub trait Store: Send + Sync + 'static {
         stepped.pop().flatten().ok_or(StoreError::NotFound)
     }
 
-    /// Pending deliveries whose time has come, earliest first, at most `limit`.
-    async fn ready_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>>;
+    /// Pending deliveries whose time has come, earliest first, at most `limit`, leaving out
+    /// the ids in `held` (the notifier has those in hand already; in a burst they are most of
+    /// what is ready, and reading their bodies again was most of the cost of a read).
+    async fn ready_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        held: &HashSet<String>,
+    ) -> Result<Vec<Delivery>>;
     /// When the earliest pending delivery is due, if any.
     async fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>>;
     /// Records finished tries in one transaction; returns how many deliveries still existed.

@@ -758,13 +758,39 @@ impl Store for SqliteStore {
         Ok(stepped)
     }
 
-    async fn ready_deliveries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>> {
-        let rows = sqlx::query(&sql::ready_deliveries())
-            .bind(ms(now))
-            .bind(limit)
+    async fn ready_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        held: &HashSet<String>,
+    ) -> Result<Vec<Delivery>> {
+        let now = ms(now);
+        // Ids first, from the index alone; then the rows of only those not held.
+        let scan = i64::from(limit).saturating_add(held.len() as i64);
+        let ids: Vec<String> = sqlx::query_scalar(sql::READY_DELIVERY_IDS)
+            .bind(now)
+            .bind(scan)
             .fetch_all(&self.reader)
             .await?;
-        rows.iter().map(delivery_from_row).collect()
+        let wanted: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !held.contains(id))
+            .take(limit as usize)
+            .collect();
+        let mut found = HashMap::with_capacity(wanted.len());
+        for chunk in wanted.chunks(sql::CHUNK) {
+            // Pending and ready again: one may have been recorded between the two reads.
+            let statement = sql::ready_deliveries_by_id(chunk.len());
+            let mut query = sqlx::query(&statement).bind(now);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.reader).await? {
+                let delivery = delivery_from_row(&row)?;
+                found.insert(delivery.id.clone(), delivery);
+            }
+        }
+        Ok(wanted.iter().filter_map(|id| found.remove(id)).collect())
     }
 
     async fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>> {
@@ -1373,10 +1399,16 @@ mod sql {
         sql
     }
 
-    pub fn ready_deliveries() -> String {
+    /// Ready deliveries' ids, earliest first (binds: now, limit); read from the index alone.
+    pub const READY_DELIVERY_IDS: &str = "SELECT id FROM deliveries \
+         WHERE state = 'pending' AND next_try_at <= ? ORDER BY next_try_at, id LIMIT ?";
+
+    /// The rows of `n` deliveries that are still pending and ready (binds: now, the ids).
+    pub fn ready_deliveries_by_id(n: usize) -> String {
         format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries \
-             WHERE state = 'pending' AND next_try_at <= ? ORDER BY next_try_at, id LIMIT ?"
+             WHERE state = 'pending' AND next_try_at <= ? AND id IN ({})",
+            vec!["?"; n].join(", ")
         )
     }
 
@@ -1895,7 +1927,11 @@ mod tests {
             "DELETE FROM deliveries WHERE callback_id IN (?, ?)".into(),
             sql::open_for_phone(false),
             sql::open_for_phone(true),
-            sql::ready_deliveries(),
+            sql::READY_DELIVERY_IDS.into(),
+            sql::ready_deliveries_by_id(3),
+            sql::record_delivered(2),
+            sql::insert_deliveries(2),
+            format!("SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id IN (?, ?)"),
             sql::list_deliveries(true),
             sql::sla_rows(true).into(),
             sql::sla_rows(false).into(),
