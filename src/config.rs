@@ -429,8 +429,8 @@ impl Default for NotifyConfig {
             timeout: Duration::from_secs(10),
             // Sized for bursts: 10,000 callbacks due in one second must reach one agent endpoint
             // within 2 s, and an endpoint answering in 5 ms takes 6,400/s at 32 in flight.
-            max_in_flight: 128,
-            max_in_flight_per_endpoint: 32,
+            max_in_flight: 256,
+            max_in_flight_per_endpoint: 128,
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(30 * 60),
             max_tries: 15,
