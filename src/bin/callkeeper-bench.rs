@@ -1060,12 +1060,7 @@ async fn clone_callbacks(db: &Path, seeds: u64, extra: u64) -> anyhow::Result<Du
         .connect()
         .await
         .context("opening the store for cloning")?;
-    let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('callbacks')")
-        .fetch_all(&mut conn)
-        .await?
-        .iter()
-        .map(|row| row.get::<String, _>("name"))
-        .collect();
+    let columns = callback_columns(&mut conn).await?;
     ensure!(
         columns.iter().any(|c| c == "id") && columns.iter().any(|c| c == "phone"),
         "the callbacks table has no id or phone column"
@@ -1120,6 +1115,18 @@ async fn clone_callbacks(db: &Path, seeds: u64, extra: u64) -> anyhow::Result<Du
     Ok(started.elapsed())
 }
 
+/// The `callbacks` table's columns, read from the store so copies follow schema changes.
+async fn callback_columns(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<Vec<String>> {
+    Ok(
+        sqlx::query("SELECT name FROM pragma_table_info('callbacks')")
+            .fetch_all(conn)
+            .await?
+            .iter()
+            .map(|row| row.get::<String, _>("name"))
+            .collect(),
+    )
+}
+
 /// Rows the store-floor measurement adds at most.
 const STORE_FLOOR_MAX: u64 = 100_000;
 
@@ -1138,12 +1145,7 @@ async fn store_floor(db: &Path, n: u64, batch: usize) -> anyhow::Result<Duration
         .connect()
         .await
         .context("opening the store for the SQLite-alone measurement")?;
-    let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('callbacks')")
-        .fetch_all(&mut conn)
-        .await?
-        .iter()
-        .map(|row| row.get::<String, _>("name"))
-        .collect();
+    let columns = callback_columns(&mut conn).await?;
     let seeds: i64 = sqlx::query_scalar("SELECT count(*) FROM callbacks")
         .fetch_one(&mut conn)
         .await?;
