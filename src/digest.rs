@@ -130,7 +130,7 @@ impl SlaDigests {
                     .with_jitter()
                     .without_max_times(),
             )
-            .when(|e| matches!(e, StoreError::Database(_)))
+            .when(StoreError::is_transient)
             .notify(|error, retry_in| {
                 metrics::counter!("callkeeper_store_errors_total", "operation" => "sla_digest")
                     .increment(1);

@@ -14,15 +14,16 @@ use callkeeper::clock::{ManualClock, SharedClock};
 use callkeeper::config::Config;
 use callkeeper::digest::SlaDigests;
 use callkeeper::domain::inbound::{
-    AttemptReport, CallbackRequest, CancelTarget, Command, EventKey, Inbound, InboundOutcome,
+    AttemptReport, CancelTarget, Command, EventKey, Inbound, InboundOutcome,
 };
 use callkeeper::domain::lifecycle::Notice;
-use callkeeper::domain::{CallbackId, CancelReason, Outcome, Phone, Priority, QueueName};
+use callkeeper::domain::{CallbackId, CancelReason, Outcome, Phone, QueueName};
 use callkeeper::notify::outbox::digest_id;
 use callkeeper::notify::{Delivery, DeliveryState, Notifier, ReceivedWebhook, Receiver};
 use callkeeper::schedule::{Rules, WakeupReceivers, Wakeups};
 use callkeeper::store::{self, SharedStore, StoreSettings, TryResult};
 use chrono::{DateTime, NaiveDate, TimeDelta, TimeZone, Utc};
+use common::support_request;
 use secrecy::ExposeSecret as _;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -225,21 +226,8 @@ async fn apply(store: &SharedStore, command: Command, at: DateTime<Utc>) -> Inbo
     store.apply_inbound(&[event], at).await.unwrap().remove(0)
 }
 
-fn request(phone: &str) -> CallbackRequest {
-    CallbackRequest {
-        queue: support(),
-        phone: Phone::parse(phone).unwrap(),
-        priority: Priority::Normal,
-        window: None,
-        customer: None,
-        agent_id: None,
-        context: None,
-        call: None,
-    }
-}
-
 async fn requested(store: &SharedStore, phone: &str, at: DateTime<Utc>) -> CallbackId {
-    match apply(store, Command::Request(request(phone)), at).await {
+    match apply(store, Command::Request(support_request(phone)), at).await {
         InboundOutcome::Created(id) => id,
         other => panic!("expected a new callback, got {other:?}"),
     }
@@ -397,7 +385,7 @@ async fn the_worker_sends_the_digest_to_escalation_as_get_sla_reports_the_day() 
             },
             reason: CancelReason::CustomerReached,
         };
-        let batch: Vec<Inbound> = [Command::Request(request(phone)), cancel]
+        let batch: Vec<Inbound> = [Command::Request(support_request(phone)), cancel]
             .into_iter()
             .map(|command| {
                 let id = uuid::Uuid::now_v7().to_string();

@@ -12,12 +12,12 @@ use callkeeper::config::Config;
 use callkeeper::domain::inbound::{
     AttemptReport, CallbackRequest, CancelTarget, Command, EventKey, Inbound, InboundOutcome,
 };
-use callkeeper::domain::{CallbackId, CancelReason, Outcome, Phone, Priority, QueueName, Window};
+use callkeeper::domain::{CallbackId, CancelReason, Outcome, Phone, QueueName, Window};
 use callkeeper::retention::purge_before;
 use callkeeper::schedule::{Rules, Wakeups};
 use callkeeper::store::{SqliteStore, Store, StoreSettings};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use common::{spawn_app, Setup};
+use common::{spawn_app, support_request, Setup};
 use serde_json::json;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Row, SqliteConnection};
@@ -72,19 +72,6 @@ fn t0() -> DateTime<Utc> {
 
 fn days(n: i64) -> TimeDelta {
     TimeDelta::days(n)
-}
-
-fn request(phone: &str) -> CallbackRequest {
-    CallbackRequest {
-        queue: QueueName::parse("support").unwrap(),
-        phone: Phone::parse(phone).unwrap(),
-        priority: Priority::Normal,
-        window: None,
-        customer: None,
-        agent_id: None,
-        context: None,
-        call: None,
-    }
 }
 
 fn report(outcome: Outcome) -> AttemptReport {
@@ -162,7 +149,7 @@ async fn purge_removes_exactly_the_old_closed_callbacks() {
     let h = harness().await;
     let old = t0();
     // Closed long ago, one of each closed state, each with attempts/deliveries/events.
-    let completed = h.due(request("+31612345601"), old).await;
+    let completed = h.due(support_request("+31612345601"), old).await;
     h.store
         .record_attempt(completed, &report(Outcome::NoAnswer), old)
         .await
@@ -171,17 +158,17 @@ async fn purge_removes_exactly_the_old_closed_callbacks() {
         .record_attempt(completed, &report(Outcome::Connected), old)
         .await
         .unwrap();
-    let failed = h.due(request("+31612345602"), old).await;
+    let failed = h.due(support_request("+31612345602"), old).await;
     h.store
         .record_attempt(failed, &report(Outcome::InvalidNumber), old)
         .await
         .unwrap();
-    let cancelled = h.due(request("+31612345603"), old).await;
+    let cancelled = h.due(support_request("+31612345603"), old).await;
     h.store
         .cancel(cancelled, CancelReason::CustomerReached, old)
         .await
         .unwrap();
-    let mut windowed = request("+31612345604");
+    let mut windowed = support_request("+31612345604");
     windowed.window = Some(Window {
         not_before: old,
         not_after: old + TimeDelta::hours(1),
@@ -195,13 +182,13 @@ async fn purge_removes_exactly_the_old_closed_callbacks() {
     assert_eq!(expired_cb.state.as_str(), "expired");
 
     // Kept: open however old, and closed but recent.
-    let open_old = h.due(request("+31612345605"), old).await;
+    let open_old = h.due(support_request("+31612345605"), old).await;
     h.store
         .record_attempt(open_old, &report(Outcome::Busy), old)
         .await
         .unwrap();
     let recent = t0() + days(100);
-    let closed_recently = h.due(request("+31612345606"), recent).await;
+    let closed_recently = h.due(support_request("+31612345606"), recent).await;
     h.store
         .record_attempt(closed_recently, &report(Outcome::Connected), recent)
         .await
@@ -287,18 +274,18 @@ async fn purge_removes_exactly_the_old_closed_callbacks() {
 async fn erasure_leaves_no_trace_but_keeps_the_opt_out() {
     const NUMBER: &str = "+31612345678";
     let h = harness().await;
-    let completed = h.due(request(NUMBER), t0()).await;
+    let completed = h.due(support_request(NUMBER), t0()).await;
     h.store
         .record_attempt(completed, &report(Outcome::Connected), t0())
         .await
         .unwrap();
-    let open = h.due(request(NUMBER), t0() + days(1)).await;
+    let open = h.due(support_request(NUMBER), t0() + days(1)).await;
     h.store
         .record_attempt(open, &report(Outcome::NoAnswer), t0() + days(1))
         .await
         .unwrap();
     // Another number's callback whose context names this number: its webhook body holds it.
-    let mut other = request("+31612345699");
+    let mut other = support_request("+31612345699");
     other.context = Some(json!({ "alternative_number": NUMBER }));
     let other = h.due(other, t0()).await;
     // The number opted out (in another queue-less command) after the callbacks.
@@ -427,7 +414,7 @@ async fn digests_outlive_the_cutoff_by_a_day_and_erasure_leaves_them() {
     let unsent = digest(&h, 3, t0()).await;
 
     // Erasing a number touches no digest: none is any callback's, none holds a number.
-    let callback = h.due(request(NUMBER), t0()).await;
+    let callback = h.due(support_request(NUMBER), t0()).await;
     h.store
         .record_attempt(callback, &report(Outcome::Connected), t0())
         .await

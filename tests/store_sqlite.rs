@@ -1538,32 +1538,39 @@ async fn a_window_closed_on_arrival_is_stored_and_expires_without_a_due() {
     assert_ne!(h.create(PHONE, "support", t0()).await, id);
 }
 
+/// A database in `dir` as an earlier release left it: the migrations numbered up to and
+/// including `last` (`"0004"`) applied, none after. Returns its URL and a pool on it.
+async fn migrated_up_to(dir: &std::path::Path, last: &str) -> (String, sqlx::SqlitePool) {
+    let url = format!("sqlite://{}/old.db", dir.display());
+    let earlier = dir.join("migrations");
+    std::fs::create_dir(&earlier).unwrap();
+    let all = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
+    for entry in std::fs::read_dir(all).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.get(..last.len()).is_some_and(|number| number <= last) {
+            std::fs::copy(format!("{all}/{name}"), earlier.join(&name)).unwrap();
+        }
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+        .unwrap()
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::migrate::Migrator::new(earlier.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    (url, pool)
+}
+
 #[tokio::test]
 async fn migration_0002_counts_outcomes_and_numbers_of_existing_attempts() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/old.db", dir.path().display());
     // A database as the previous release left it: only 0001 applied.
-    let only_first = dir.path().join("migrations");
-    std::fs::create_dir(&only_first).unwrap();
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/migrations/sqlite/0001_init.sql"
-        ),
-        only_first.join("0001_init.sql"),
-    )
-    .unwrap();
+    let (url, pool) = migrated_up_to(dir.path(), "0001").await;
     {
-        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
-            .unwrap()
-            .create_if_missing(true);
-        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-        sqlx::migrate::Migrator::new(only_first.as_path())
-            .await
-            .unwrap()
-            .run(&pool)
-            .await
-            .unwrap();
         let id = CallbackId::new().to_string();
         let start = t0().timestamp_millis();
         sqlx::query(
@@ -1627,33 +1634,11 @@ async fn migration_0002_counts_outcomes_and_numbers_of_existing_attempts() {
 #[tokio::test]
 async fn migration_0005_keeps_every_delivery_and_lets_a_digest_have_no_callback() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/old.db", dir.path().display());
     // A database as the previous release left it: 0001 to 0004 applied.
-    let previous = dir.path().join("migrations");
-    std::fs::create_dir(&previous).unwrap();
-    for file in [
-        "0001_init.sql",
-        "0002_retry_rules.sql",
-        "0003_reports.sql",
-        "0004_events_and_retention.sql",
-    ] {
-        let from = format!("{}/migrations/sqlite/{file}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::copy(from, previous.join(file)).unwrap();
-    }
+    let (url, pool) = migrated_up_to(dir.path(), "0004").await;
     let callback_id = CallbackId::new();
     let start = t0().timestamp_millis();
     {
-        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
-            .unwrap()
-            .create_if_missing(true)
-            .foreign_keys(true);
-        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-        sqlx::migrate::Migrator::new(previous.as_path())
-            .await
-            .unwrap()
-            .run(&pool)
-            .await
-            .unwrap();
         sqlx::query(
             "INSERT INTO callbacks (id, queue, phone, priority, state, sla, requested_at, due_at, \
                deadline, requests, attempts, max_attempts, at_risk_notified, updated_at) \

@@ -1140,7 +1140,7 @@ async fn store_floor(db: &Path, n: u64, batch: usize) -> anyhow::Result<Duration
         .filename(db)
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
-        .pragma("cache_size", "-65536")
+        .pragma("cache_size", callkeeper::store::WRITER_CACHE)
         .busy_timeout(Duration::from_secs(30))
         .connect()
         .await

@@ -431,7 +431,7 @@ impl Recorder {
                     .with_jitter()
                     .without_max_times(),
             )
-            .when(is_transient)
+            .when(StoreError::is_transient)
             .notify(|err, retry_in| {
                 warn!(tries = tries.len(), error = %err, ?retry_in, "Could not record webhook tries; retrying.")
             })
@@ -440,10 +440,6 @@ impl Recorder {
             error!(tries = tries.len(), error = %err, "Could not record webhook tries.");
         }
     }
-}
-
-fn is_transient(err: &StoreError) -> bool {
-    matches!(err, StoreError::Database(_))
 }
 
 /// The loop's in-memory view: deliveries fetched and not yet finished, by endpoint.

@@ -18,7 +18,7 @@ use crate::domain::{Attempt, Callback, CallbackId, CancelReason, Phone, QueueNam
 use crate::notify::{Delivery, DeliveryState};
 use crate::schedule::{Rules, Wakeups};
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, WRITER_CACHE};
 
 pub type Result<T = (), E = StoreError> = std::result::Result<T, E>;
 
@@ -36,6 +36,14 @@ pub enum StoreError {
     NotFound,
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed (the database was unreachable or failed), as opposed
+    /// to an answer that stays the same.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Database(_))
+    }
 }
 
 /// What the store needs beside its connection.

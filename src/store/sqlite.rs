@@ -31,8 +31,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READERS: u32 = 4;
-/// The writer's page cache, in SQLite's unit (negative: KiB).
-const WRITER_CACHE: &str = "-65536";
+/// The writer's page cache, in SQLite's unit (negative: KiB). Public so the bench measures
+/// SQLite alone with the worker's setting.
+pub const WRITER_CACHE: &str = "-65536";
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
 /// `IN` list of the open states; must match the partial unique index in the migration so
@@ -129,7 +130,8 @@ impl SqliteStore {
         mut effects: Effects,
     ) -> Result {
         if let Some(rows) = effects.deferred.take() {
-            upsert_callbacks(&mut tx, &rows.callbacks).await?;
+            let callbacks: Vec<_> = rows.callbacks.iter().map(|(c, next)| (c, *next)).collect();
+            upsert_callbacks(&mut tx, &callbacks).await?;
             insert_deliveries(&mut tx, &rows.deliveries).await?;
         }
         insert_events(&mut tx, &effects.events).await?;
@@ -163,7 +165,7 @@ impl SqliteStore {
         };
         match effects.deferred.as_mut() {
             Some(rows) => rows.callbacks.push((callback.clone(), next)),
-            None => upsert_callbacks(conn, &[(callback.clone(), next)]).await?,
+            None => upsert_callbacks(conn, &[(&*callback, next)]).await?,
         }
         // Written to the outbox in bulk by `commit`, in this order.
         effects.events.extend(lifecycle_events(
@@ -828,11 +830,16 @@ impl Store for SqliteStore {
             recorded += query.execute(&mut *tx).await?.rows_affected() as usize;
         }
         for (id, result) in tries {
-            if !matches!(result, TryResult::Delivered { .. })
-                && record_try_in(&mut tx, id, result, now).await?
-            {
-                recorded += 1;
-            }
+            let kept = match result {
+                TryResult::Delivered { .. } => continue, // recorded above
+                TryResult::Failed {
+                    status,
+                    error,
+                    retry_at,
+                } => record_failed_in(&mut tx, id, *status, error, *retry_at).await?,
+                TryResult::Gone => record_gone_in(&mut tx, id, now).await?,
+            };
+            recorded += usize::from(kept);
         }
         tx.commit().await?;
         Ok(recorded)
@@ -868,11 +875,7 @@ impl Store for SqliteStore {
     async fn replay_delivery(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Delivery>> {
         let now = truncate(now);
         let mut tx = self.begin_write().await?;
-        let url: Option<String> = sqlx::query_scalar("SELECT url FROM deliveries WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(url) = url else {
+        let Some(url) = delivery_url(&mut tx, id).await? else {
             return Ok(None);
         };
         sqlx::query(
@@ -1077,94 +1080,79 @@ impl Store for SqliteStore {
 /// What an erased number is replaced with in other callbacks' free text.
 const ERASED: &str = "[erased]";
 
-/// Deletes every trace of `phone` but its opt-out, in one transaction on `conn`.
-/// Records one try inside the caller's transaction; `false` when the delivery no longer exists
-/// (purged or erased while it was being sent).
-async fn record_try_in(
+/// Records a failed try: due again at `retry_at`, or given up (`failed`) without one. `false`
+/// when the delivery no longer exists (purged or erased while it was being sent).
+async fn record_failed_in(
     conn: &mut SqliteConnection,
     id: &str,
-    result: &TryResult,
-    now: i64,
+    status: Option<u16>,
+    error: &str,
+    retry_at: Option<DateTime<Utc>>,
 ) -> Result<bool> {
-    let url: Option<String> = sqlx::query_scalar("SELECT url FROM deliveries WHERE id = ?")
+    let query = match retry_at {
+        // State untouched: a delivery held meanwhile (410 on a sibling) stays held.
+        Some(at) => sqlx::query(
+            "UPDATE deliveries SET tries = tries + 1, next_try_at = ?, \
+             last_status = ?, last_error = ? WHERE id = ?",
+        )
+        .bind(ms(at)),
+        None => sqlx::query(
+            "UPDATE deliveries SET state = 'failed', tries = tries + 1, \
+             last_status = ?, last_error = ? WHERE id = ?",
+        ),
+    };
+    let updated = query
+        .bind(status)
+        .bind(error)
         .bind(id)
-        .fetch_optional(&mut *conn)
+        .execute(&mut *conn)
         .await?;
-    let Some(url) = url else {
+    Ok(updated.rows_affected() == 1)
+}
+
+/// The endpoint a delivery goes to; `None` when the delivery no longer exists.
+async fn delivery_url(conn: &mut SqliteConnection, id: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT url FROM deliveries WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
+}
+
+/// Records a 410 Gone: the endpoint is disabled and its pending deliveries held. `false` when
+/// the delivery no longer exists.
+async fn record_gone_in(conn: &mut SqliteConnection, id: &str, now: i64) -> Result<bool> {
+    let Some(url) = delivery_url(conn, id).await? else {
         return Ok(false);
     };
-
-    match result {
-        TryResult::Delivered { status } => {
-            sqlx::query(&sql::record_delivered(1))
-                .bind(now)
-                .bind(id)
-                .bind(status)
-                .execute(&mut *conn)
-                .await?;
-        }
-        TryResult::Failed {
-            status,
-            error,
-            retry_at: Some(retry_at),
-        } => {
-            // State untouched: a delivery held meanwhile (410 on a sibling) stays held.
-            sqlx::query(
-                "UPDATE deliveries SET tries = tries + 1, next_try_at = ?, \
-                 last_status = ?, last_error = ? WHERE id = ?",
-            )
-            .bind(ms(*retry_at))
-            .bind(status)
-            .bind(error)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        TryResult::Failed {
-            status,
-            error,
-            retry_at: None,
-        } => {
-            sqlx::query(
-                "UPDATE deliveries SET state = 'failed', tries = tries + 1, \
-                 last_status = ?, last_error = ? WHERE id = ?",
-            )
-            .bind(status)
-            .bind(error)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        TryResult::Gone => {
-            sqlx::query(
-                "INSERT INTO endpoints (url, disabled_at) VALUES (?, ?) \
-                 ON CONFLICT (url) DO UPDATE SET disabled_at = excluded.disabled_at",
-            )
-            .bind(&url)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "UPDATE deliveries SET state = 'disabled', tries = tries + 1, \
-                 last_status = 410, last_error = 'endpoint answered 410 Gone' WHERE id = ?",
-            )
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-            let held = sqlx::query(sql::HOLD_URL)
-                .bind(&url)
-                .execute(&mut *conn)
-                .await?;
-            warn!(
-                held = held.rows_affected(),
-                "Webhook endpoint answered 410 Gone; disabled it and held its pending deliveries."
-            );
-        }
-    }
-
+    sqlx::query(
+        "INSERT INTO endpoints (url, disabled_at) VALUES (?, ?) \
+         ON CONFLICT (url) DO UPDATE SET disabled_at = excluded.disabled_at",
+    )
+    .bind(&url)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE deliveries SET state = 'disabled', tries = tries + 1, \
+         last_status = 410, last_error = 'endpoint answered 410 Gone' WHERE id = ?",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    let held = sqlx::query(sql::HOLD_URL)
+        .bind(&url)
+        .execute(&mut *conn)
+        .await?;
+    warn!(
+        held = held.rows_affected(),
+        "Webhook endpoint answered 410 Gone; disabled it and held its pending deliveries."
+    );
     Ok(true)
 }
 
+/// Deletes every trace of `phone` but its opt-out, in one transaction on `conn`.
 async fn erase_in(conn: &mut SqliteConnection, phone: &Phone) -> Result<Erased> {
     use sqlx::Connection as _;
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
@@ -1403,6 +1391,14 @@ mod sql {
     pub const READY_DELIVERY_IDS: &str = "SELECT id FROM deliveries \
          WHERE state = 'pending' AND next_try_at <= ? ORDER BY next_try_at, id LIMIT ?";
 
+    /// The rows of `n` callbacks by id.
+    pub fn callbacks_by_id(n: usize) -> String {
+        format!(
+            "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id IN ({})",
+            vec!["?"; n].join(", ")
+        )
+    }
+
     /// The rows of `n` deliveries that are still pending and ready (binds: now, the ids).
     pub fn ready_deliveries_by_id(n: usize) -> String {
         format!(
@@ -1577,10 +1573,7 @@ async fn load_callbacks(
 ) -> Result<HashMap<CallbackId, (Callback, Option<DateTime<Utc>>)>> {
     let mut loaded = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(sql::CHUNK) {
-        let statement = format!(
-            "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
+        let statement = sql::callbacks_by_id(chunk.len());
         let mut query = sqlx::query(&statement);
         for id in chunk {
             query = query.bind(id.to_string());
@@ -1618,7 +1611,7 @@ async fn load_queue(conn: &mut SqliteConnection, id: CallbackId) -> Result<Optio
 /// Inserts or updates callbacks with their fire times, many rows per statement.
 async fn upsert_callbacks(
     conn: &mut SqliteConnection,
-    rows: &[(Callback, Option<DateTime<Utc>>)],
+    rows: &[(&Callback, Option<DateTime<Utc>>)],
 ) -> Result {
     for chunk in rows.chunks(sql::CHUNK) {
         let statement = sql::upsert_callbacks(chunk.len());
@@ -1931,7 +1924,7 @@ mod tests {
             sql::ready_deliveries_by_id(3),
             sql::record_delivered(2),
             sql::insert_deliveries(2),
-            format!("SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id IN (?, ?)"),
+            sql::callbacks_by_id(2),
             sql::list_deliveries(true),
             sql::sla_rows(true).into(),
             sql::sla_rows(false).into(),

@@ -343,3 +343,17 @@ pub async fn list_all(http: &reqwest::Client, api: &str) -> Vec<Value> {
         }
     }
 }
+
+/// A plain callback request for `phone` in the `support` queue.
+pub fn support_request(phone: &str) -> callkeeper::domain::inbound::CallbackRequest {
+    callkeeper::domain::inbound::CallbackRequest {
+        queue: callkeeper::domain::QueueName::parse("support").unwrap(),
+        phone: callkeeper::domain::Phone::parse(phone).unwrap(),
+        priority: callkeeper::domain::Priority::Normal,
+        window: None,
+        customer: None,
+        agent_id: None,
+        context: None,
+        call: None,
+    }
+}
