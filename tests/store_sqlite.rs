@@ -1211,6 +1211,56 @@ async fn in_memory_database_works_for_demos() {
 /// Throughput check for the intake path; run by hand:
 /// `cargo test --release --test store_sqlite bulk -- --ignored --nocapture`.
 #[tokio::test]
+async fn a_large_batch_merges_repeats_across_its_statements() {
+    let h = harness().await;
+    // One number already waits in another queue: the batch's read-ahead holds it, and a
+    // request for this queue must still open its own callback.
+    let elsewhere = h.create("+31612300000", "sales", t0()).await;
+    // 150 numbers three times over, interleaved: 450 requests, more than one multi-row
+    // statement holds, each callback written several times in the batch.
+    let batch: Vec<Inbound> = (0..450)
+        .map(|i| {
+            let raw = format!("+316123{:05}", i % 150);
+            event(
+                &format!("rep-{i}"),
+                "fp",
+                Command::Request(request(&raw, "support")),
+            )
+        })
+        .collect();
+    let outcomes = h.store.apply_inbound(&batch, t0()).await.unwrap();
+    let mut created = Vec::new();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        match (i < 150, outcome) {
+            (true, InboundOutcome::Created(id)) => created.push(*id),
+            (false, InboundOutcome::Merged(id)) => assert_eq!(*id, created[i % 150]),
+            (_, other) => panic!("request {i}: unexpected {other:?}"),
+        }
+    }
+    assert_ne!(created[0], elsewhere);
+    for id in [created[0], created[1], created[149]] {
+        let cb = h.store.get(id).await.unwrap().unwrap();
+        assert_eq!((cb.requests, cb.state), (3, State::Scheduled));
+    }
+    let other = h.store.get(elsewhere).await.unwrap().unwrap();
+    assert_eq!((other.requests, other.queue.as_str()), (1, "sales"));
+    let page = h
+        .store
+        .list(&ListFilter {
+            queue: Some(queue("support")),
+            limit: 500,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.len(),
+        150,
+        "one callback per number, however often it asked"
+    );
+}
+
+#[tokio::test]
 #[ignore = "load check, run by hand"]
 async fn bulk_intake_in_batches() {
     let h = harness().await;

@@ -130,9 +130,7 @@ impl SqliteStore {
         mut effects: Effects,
     ) -> Result {
         if let Some(rows) = effects.deferred.take() {
-            let callbacks: Vec<_> = rows.callbacks.iter().map(|(c, next)| (c, *next)).collect();
-            upsert_callbacks(&mut tx, &callbacks).await?;
-            insert_deliveries(&mut tx, &rows.deliveries).await?;
+            write_deferred(&mut tx, rows).await?;
         }
         insert_events(&mut tx, &effects.events).await?;
         tx.commit().await?;
@@ -360,12 +358,17 @@ impl SqliteStore {
         })
     }
 
+    /// Applies a request against `open`, the batch's view of open callbacks: a request for a
+    /// phone+queue with an open callback merges into it, else creates one. Writes are deferred
+    /// to the end of the run (see [`SqliteStore::apply_inbound`]), so nothing here reads the
+    /// database.
     async fn request_in(
         &self,
         conn: &mut SqliteConnection,
         request: &CallbackRequest,
         now: DateTime<Utc>,
         opted_out: &HashSet<String>,
+        open: &mut OpenCallbacks,
         effects: &mut Effects,
     ) -> Result<InboundOutcome> {
         let Some(policy) = self.policy(&request.queue) else {
@@ -381,33 +384,33 @@ impl SqliteStore {
             ));
         }
         let plan = policy.plan(request, now);
-        let open = sqlx::query(&sql::open_for_phone(true))
-            .bind(request.phone.as_str())
-            .bind(request.queue.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-        match open {
-            Some(row) => {
-                let (mut callback, stored_next) = callback_from_row(&row)?;
+        let key = (request.phone.clone(), request.queue.clone());
+        let (outcome, callback, next) = match open.remove(&key) {
+            Some((mut callback, stored_next)) => {
                 let before = callback.clone();
                 lifecycle::merge(&mut callback, request, plan, now);
                 let prior = Prior::of(&before, stored_next);
-                self.save(conn, &mut callback, prior, &[], now, effects)
+                let next = self
+                    .save(conn, &mut callback, prior, &[], now, effects)
                     .await?;
                 debug!(callback_id = %callback.id, requests = callback.requests, "Request merged into the open callback.");
-                Ok(InboundOutcome::Merged(callback.id))
+                (InboundOutcome::Merged(callback.id), callback, next)
             }
             None => {
                 let mut callback = lifecycle::create(request, plan, policy, now);
-                self.save(conn, &mut callback, Prior::NONE, &[], now, effects)
+                let next = self
+                    .save(conn, &mut callback, Prior::NONE, &[], now, effects)
                     .await?;
                 debug!(callback_id = %callback.id, queue = %callback.queue, "Callback created.");
-                Ok(InboundOutcome::Created(callback.id))
+                (InboundOutcome::Created(callback.id), callback, next)
             }
-        }
+        };
+        open.insert(key, (callback, next));
+        Ok(outcome)
     }
 
-    /// Applies one event's command; a rejection writes nothing.
+    /// Applies one event's command other than a request (those go through
+    /// [`SqliteStore::request_in`]); a rejection writes nothing.
     async fn command_in(
         &self,
         conn: &mut SqliteConnection,
@@ -417,10 +420,7 @@ impl SqliteStore {
         effects: &mut Effects,
     ) -> Result<InboundOutcome> {
         match command {
-            Command::Request(request) => {
-                self.request_in(conn, request, now, opted_out, effects)
-                    .await
-            }
+            Command::Request(_) => unreachable!("apply_inbound applies requests itself"),
             Command::Cancel {
                 target: CancelTarget::Id(id),
                 reason,
@@ -595,8 +595,14 @@ impl Store for SqliteStore {
         // two per event) and kept current as events apply, so a later event sees an earlier one.
         let mut fingerprints = known_fingerprints(&mut tx, batch).await?;
         let mut opted_out = opted_out_phones(&mut tx, batch, now).await?;
+        // Requests are the bulk of intake. Their open callbacks are read for the rest of the
+        // batch in a few queries and kept current here; their rows are written at `commit`, many
+        // per statement. Two statements per request capped intake at the round trips to
+        // SQLite's thread.
+        effects.deferred = Some(Deferred::default());
+        let mut open: Option<OpenCallbacks> = None;
         let mut applied = Vec::new();
-        for event in batch {
+        for (i, event) in batch.iter().enumerate() {
             let key = (event.key.source.clone(), event.key.id.clone());
             let outcome = match fingerprints.get(&key) {
                 Some(fingerprint) if *fingerprint == event.fingerprint => InboundOutcome::Duplicate,
@@ -610,10 +616,30 @@ impl Store for SqliteStore {
                         ),
                     )
                 }
-                None => {
-                    self.command_in(&mut tx, &event.command, now, &mut opted_out, &mut effects)
-                        .await?
-                }
+                None => match &event.command {
+                    Command::Request(request) => {
+                        let open = match &mut open {
+                            Some(open) => open,
+                            None => open.insert(open_callbacks(&mut tx, &batch[i..]).await?),
+                        };
+                        self.request_in(&mut tx, request, now, &opted_out, open, &mut effects)
+                            .await?
+                    }
+                    // Other commands read and write the database directly: the rows deferred
+                    // so far are written first, and the read-ahead is dropped (the command may
+                    // close what it holds).
+                    command => {
+                        if let Some(rows) = effects.deferred.take() {
+                            write_deferred(&mut tx, rows).await?;
+                        }
+                        open = None;
+                        let outcome = self
+                            .command_in(&mut tx, command, now, &mut opted_out, &mut effects)
+                            .await?;
+                        effects.deferred = Some(Deferred::default());
+                        outcome
+                    }
+                },
             };
             // Rejections are not recorded, so a corrected republish under the key can apply.
             if !matches!(
@@ -1365,6 +1391,17 @@ mod sql {
          (SELECT id FROM deliveries \
           WHERE callback_id IS NULL AND created_at < ? AND state <> 'pending' LIMIT ?)";
 
+    /// Open callbacks of `n` phones, in every queue. Written `+state` so the planner looks
+    /// the phones up in `callbacks_phone`: with a long list it would otherwise walk every open
+    /// callback through `callbacks_state_id`, a cost that grows with the store.
+    pub fn open_for_phones(n: usize) -> String {
+        format!(
+            "SELECT {CALLBACK_COLUMNS} FROM callbacks \
+             WHERE phone IN ({}) AND +state IN ('scheduled', 'due', 'claimed')",
+            vec!["?"; n].join(", ")
+        )
+    }
+
     /// Open callbacks of a phone, in one queue when `by_queue` (binds: phone[, queue]).
     pub fn open_for_phone(by_queue: bool) -> String {
         let queue = if by_queue { " AND queue = ?" } else { "" };
@@ -1400,10 +1437,12 @@ mod sql {
     }
 
     /// The rows of `n` deliveries that are still pending and ready (binds: now, the ids).
+    /// Written `+state` so the ids are looked up by key: with a long list the planner would
+    /// otherwise walk every ready delivery (a whole burst) through the state index, per chunk.
     pub fn ready_deliveries_by_id(n: usize) -> String {
         format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries \
-             WHERE state = 'pending' AND next_try_at <= ? AND id IN ({})",
+             WHERE +state = 'pending' AND next_try_at <= ? AND id IN ({})",
             vec!["?"; n].join(", ")
         )
     }
@@ -1584,6 +1623,44 @@ async fn load_callbacks(
         }
     }
     Ok(loaded)
+}
+
+/// Open callbacks by phone and queue, as a batch of requests sees them.
+type OpenCallbacks = HashMap<(Phone, QueueName), (Callback, Option<DateTime<Utc>>)>;
+
+/// The open callbacks of the phones that `events` request a callback for.
+async fn open_callbacks(conn: &mut SqliteConnection, events: &[Inbound]) -> Result<OpenCallbacks> {
+    let phones: HashSet<&str> = events
+        .iter()
+        .filter_map(|event| match &event.command {
+            Command::Request(request) => Some(request.phone.as_str()),
+            _ => None,
+        })
+        .collect();
+    let phones: Vec<&str> = phones.into_iter().collect();
+    let mut open = HashMap::new();
+    for chunk in phones.chunks(sql::CHUNK) {
+        let statement = sql::open_for_phones(chunk.len());
+        let mut query = sqlx::query(&statement);
+        for phone in chunk {
+            query = query.bind(*phone);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let (callback, next) = callback_from_row(&row)?;
+            open.insert(
+                (callback.phone.clone(), callback.queue.clone()),
+                (callback, next),
+            );
+        }
+    }
+    Ok(open)
+}
+
+/// Writes the rows a write kept for the end, many per statement.
+async fn write_deferred(conn: &mut SqliteConnection, rows: Deferred) -> Result {
+    let callbacks: Vec<_> = rows.callbacks.iter().map(|(c, next)| (c, *next)).collect();
+    upsert_callbacks(conn, &callbacks).await?;
+    insert_deliveries(conn, &rows.deliveries).await
 }
 
 /// When `phone` was called after `since`, over all its callbacks in every queue.
@@ -1920,6 +1997,7 @@ mod tests {
             "DELETE FROM deliveries WHERE callback_id IN (?, ?)".into(),
             sql::open_for_phone(false),
             sql::open_for_phone(true),
+            sql::open_for_phones(3),
             sql::READY_DELIVERY_IDS.into(),
             sql::ready_deliveries_by_id(3),
             sql::record_delivered(2),
@@ -1937,6 +2015,34 @@ mod tests {
                     queries.push(sql::list(by_queue, by_state, cursor));
                 }
             }
+        }
+        // A long `IN` list makes the planner weigh its lookups against walking an index on
+        // another column; these must stay lookups by their own key at a full chunk.
+        let long_lists = [
+            (
+                sql::open_for_phones(sql::CHUNK),
+                "callbacks_phone (phone=?)",
+            ),
+            (
+                sql::ready_deliveries_by_id(sql::CHUNK),
+                "sqlite_autoindex_deliveries_1 (id=?)",
+            ),
+            (
+                sql::callbacks_by_id(sql::CHUNK),
+                "sqlite_autoindex_callbacks_1 (id=?)",
+            ),
+            (sql::opted_out(sql::CHUNK), "PRIMARY KEY (phone=?)"),
+        ];
+        for (query, index) in &long_lists {
+            let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+            assert!(
+                plan.iter().any(|step| step.contains(index)),
+                "expected a lookup through {index}\n  plan: {plan:?}"
+            );
         }
         for query in &queries {
             let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
