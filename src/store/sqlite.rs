@@ -541,9 +541,9 @@ struct Effects {
     deliveries: usize,
     /// Lifecycle events written to the outbox; counted in the metrics once committed.
     events: Vec<LifecycleEvent>,
-    /// Set by a write that reads all it needs before changing anything (the timer's batch):
-    /// its rows are then kept here and written by `commit`, many per statement. Other writes
-    /// read back what they wrote, so they write at once.
+    /// Set by a write that reads all it needs before changing anything (the timer's batch,
+    /// intake's requests): its rows are then kept here and written by `commit`, many per
+    /// statement. Other writes read back what they wrote, so they write at once.
     deferred: Option<Deferred>,
 }
 
@@ -596,9 +596,8 @@ impl Store for SqliteStore {
         let mut fingerprints = known_fingerprints(&mut tx, batch).await?;
         let mut opted_out = opted_out_phones(&mut tx, batch, now).await?;
         // Requests are the bulk of intake. Their open callbacks are read for the rest of the
-        // batch in a few queries and kept current here; their rows are written at `commit`, many
-        // per statement. Two statements per request capped intake at the round trips to
-        // SQLite's thread.
+        // batch in a few queries and kept current here, and their rows are written at `commit`,
+        // many per statement: a batch is a handful of statements instead of two per request.
         effects.deferred = Some(Deferred::default());
         let mut open: Option<OpenCallbacks> = None;
         let mut applied = Vec::new();
