@@ -208,6 +208,11 @@ pub fn describe_metrics() {
         "Webhook requests in flight."
     );
     describe_histogram!(
+        "callkeeper_store_writer_wait_seconds",
+        Unit::Seconds,
+        "Time a store write waited for the one SQLite writer connection, by operation."
+    );
+    describe_histogram!(
         "callkeeper_timer_lateness_seconds",
         Unit::Seconds,
         "How late the timer stepped a callback after its fire time."

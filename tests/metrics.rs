@@ -145,6 +145,16 @@ async fn lifecycle_series_move_as_callbacks_flow() {
         delta(s, "callkeeper_callback_events_total", &event("requested")) >= 1.0
             && delta(s, "callkeeper_callback_events_total", &event("due")) >= 1.0
             && delta(s, "callkeeper_firing_lateness_seconds_count", &[]) >= 1.0
+            && delta(
+                s,
+                "callkeeper_store_writer_wait_seconds_count",
+                &[("operation", "intake")],
+            ) >= 1.0
+            && delta(
+                s,
+                "callkeeper_store_writer_wait_seconds_count",
+                &[("operation", "timer")],
+            ) >= 1.0
     })
     .await;
     let (status, _) = app
@@ -246,6 +256,7 @@ async fn lifecycle_series_move_as_callbacks_flow() {
         "callkeeper_time_to_first_attempt_seconds",
         "callkeeper_retries_total",
         "callkeeper_firing_lateness_seconds",
+        "callkeeper_store_writer_wait_seconds",
         "callkeeper_events_outbox_pending",
     ] {
         assert!(

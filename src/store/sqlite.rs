@@ -116,10 +116,20 @@ impl SqliteStore {
         self.reader.close().await;
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    /// Opens a write transaction for `operation` (a fixed word, used as a metric label) and
+    /// records how long it waited for the one writer connection: a growing wait means writers
+    /// queue behind each other, which is what makes a burst of due webhooks late.
+    async fn begin_write(
+        &self,
+        operation: &'static str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        let asked = std::time::Instant::now();
         // IMMEDIATE takes the write lock up front, so a transaction never fails half-way on a
         // lock upgrade (only matters if another process shares the file).
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        metrics::histogram!("callkeeper_store_writer_wait_seconds", "operation" => operation)
+            .record(asked.elapsed().as_secs_f64());
+        Ok(tx)
     }
 
     /// Ends a write: the changes' lifecycle events go to the outbox in bulk, then COMMIT, then
@@ -590,7 +600,7 @@ impl Store for SqliteStore {
         let now = truncate(now);
         let mut effects = Effects::default();
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write("intake").await?;
         // Keys and opt-outs are fetched for the whole batch up front (a few queries instead of
         // two per event) and kept current as events apply, so a later event sees an earlier one.
         let mut fingerprints = known_fingerprints(&mut tx, batch).await?;
@@ -699,7 +709,7 @@ impl Store for SqliteStore {
     async fn claim(&self, id: CallbackId, agent_id: &str, now: DateTime<Utc>) -> Result<Callback> {
         let now = truncate(now);
         let mut effects = Effects::default();
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write("claim").await?;
         let callback = self
             .claim_in(&mut tx, id, agent_id, now, &mut effects)
             .await?;
@@ -715,7 +725,7 @@ impl Store for SqliteStore {
     ) -> Result<Callback> {
         let now = truncate(now);
         let mut effects = Effects::default();
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write("attempt").await?;
         let callback = self
             .attempt_in(&mut tx, id, report, now, &mut effects)
             .await?;
@@ -731,7 +741,7 @@ impl Store for SqliteStore {
     ) -> Result<Callback> {
         let now = truncate(now);
         let mut effects = Effects::default();
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write("cancel").await?;
         let callback = self
             .cancel_in(&mut tx, id, reason, now, &mut effects)
             .await?;
@@ -769,7 +779,7 @@ impl Store for SqliteStore {
         let mut stepped = Vec::with_capacity(ids.len());
         // One transaction (one fsync) for the whole batch: per-callback commits capped firing
         // at the disk's flush rate.
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write("timer").await?;
         let mut loaded = load_callbacks(&mut tx, ids).await?;
         for id in ids {
             // `None`: erased while its fire time was in the timer's hands, or listed twice (it
@@ -835,7 +845,7 @@ impl Store for SqliteStore {
         let now = ms(now);
         let mut recorded = 0;
         // One transaction for every try the notifier finished meanwhile (group commit).
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write("record_tries").await?;
         // Successes, nearly all of them, many per statement; the rest one by one. Each
         // delivery is in the batch once (the notifier holds it until it is recorded), so the
         // order between the two does not matter.
@@ -899,7 +909,7 @@ impl Store for SqliteStore {
 
     async fn replay_delivery(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Delivery>> {
         let now = truncate(now);
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write("replay").await?;
         let Some(url) = delivery_url(&mut tx, id).await? else {
             return Ok(None);
         };
@@ -1035,16 +1045,18 @@ impl Store for SqliteStore {
     }
 
     async fn remove_events(&self, up_to_seq: i64) -> Result<u64> {
+        let mut tx = self.begin_write("events").await?;
         let done = sqlx::query("DELETE FROM event_outbox WHERE seq <= ?")
             .bind(up_to_seq)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 
     async fn purge(&self, before: DateTime<Utc>, limit: u32) -> Result<Purged> {
         let before = ms(before);
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write("purge").await?;
         let ids: Vec<String> = sqlx::query_scalar(sql::CLOSED_BEFORE)
             .bind(before)
             .bind(limit)
@@ -1077,7 +1089,7 @@ impl Store for SqliteStore {
     }
 
     async fn add_sla_digest(&self, delivery: &Delivery) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write("digest").await?;
         let added = insert_digest(&mut tx, delivery).await?;
         tx.commit().await?;
         if added {
