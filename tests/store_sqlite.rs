@@ -1208,8 +1208,6 @@ async fn in_memory_database_works_for_demos() {
     store.ping().await.unwrap();
 }
 
-/// Throughput check for the intake path; run by hand:
-/// `cargo test --release --test store_sqlite bulk -- --ignored --nocapture`.
 #[tokio::test]
 async fn a_large_batch_merges_repeats_across_its_statements() {
     let h = harness().await;
@@ -1260,6 +1258,8 @@ async fn a_large_batch_merges_repeats_across_its_statements() {
     );
 }
 
+/// Throughput check for the intake path; run by hand:
+/// `cargo test --release --test store_sqlite bulk -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "load check, run by hand"]
 async fn bulk_intake_in_batches() {

@@ -1407,8 +1407,7 @@ mod sql {
     /// callback through `callbacks_state_id`, a cost that grows with the store.
     pub fn open_for_phones(n: usize) -> String {
         format!(
-            "SELECT {CALLBACK_COLUMNS} FROM callbacks \
-             WHERE phone IN ({}) AND +state IN ('scheduled', 'due', 'claimed')",
+            "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE phone IN ({}) AND +{OPEN}",
             vec!["?"; n].join(", ")
         )
     }
@@ -1498,20 +1497,24 @@ async fn known_fingerprints(
 }
 
 /// The batch's requesting phones that are opted out at `now`.
-async fn opted_out_phones(
-    conn: &mut SqliteConnection,
-    batch: &[Inbound],
-    now: DateTime<Utc>,
-) -> Result<HashSet<String>> {
-    let phones: Vec<&str> = batch
+/// The distinct phones that `events` request a callback for.
+fn requested_phones(events: &[Inbound]) -> Vec<&str> {
+    let phones: HashSet<&str> = events
         .iter()
         .filter_map(|event| match &event.command {
             Command::Request(request) => Some(request.phone.as_str()),
             _ => None,
         })
-        .collect::<HashSet<_>>()
-        .into_iter()
         .collect();
+    phones.into_iter().collect()
+}
+
+async fn opted_out_phones(
+    conn: &mut SqliteConnection,
+    batch: &[Inbound],
+    now: DateTime<Utc>,
+) -> Result<HashSet<String>> {
+    let phones = requested_phones(batch);
     let mut opted_out = HashSet::new();
     for chunk in phones.chunks(sql::CHUNK) {
         let sql = sql::opted_out(chunk.len());
@@ -1641,14 +1644,7 @@ type OpenCallbacks = HashMap<(Phone, QueueName), (Callback, Option<DateTime<Utc>
 
 /// The open callbacks of the phones that `events` request a callback for.
 async fn open_callbacks(conn: &mut SqliteConnection, events: &[Inbound]) -> Result<OpenCallbacks> {
-    let phones: HashSet<&str> = events
-        .iter()
-        .filter_map(|event| match &event.command {
-            Command::Request(request) => Some(request.phone.as_str()),
-            _ => None,
-        })
-        .collect();
-    let phones: Vec<&str> = phones.into_iter().collect();
+    let phones = requested_phones(events);
     let mut open = HashMap::new();
     for chunk in phones.chunks(sql::CHUNK) {
         let statement = sql::open_for_phones(chunk.len());
@@ -1973,6 +1969,15 @@ fn delivery_from_row(row: &SqliteRow) -> Result<Delivery> {
 mod tests {
     use super::*;
 
+    /// The steps of SQLite's plan for `query`.
+    async fn plan_of(pool: &SqlitePool, query: &str) -> Vec<String> {
+        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get::<String, _>("detail")).collect()
+    }
+
     /// Every hot-path query must be answered from an index: no full table scan, no sort of the
     /// whole result (tables grow to millions of rows).
     #[tokio::test]
@@ -2045,22 +2050,14 @@ mod tests {
             (sql::opted_out(sql::CHUNK), "PRIMARY KEY (phone=?)"),
         ];
         for (query, index) in &long_lists {
-            let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+            let plan = plan_of(&pool, query).await;
             assert!(
                 plan.iter().any(|step| step.contains(index)),
                 "expected a lookup through {index}\n  plan: {plan:?}"
             );
         }
         for query in &queries {
-            let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {query}"))
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+            let plan = plan_of(&pool, query).await;
             let tables = [
                 "callbacks",
                 "deliveries",
