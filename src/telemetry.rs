@@ -278,7 +278,7 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         "callkeeper_events_outbox_pending",
-        "Lifecycle events in the outbox: waiting for the broker, or confirmed within the last second and not yet removed."
+        "Lifecycle events in the outbox waiting for the broker."
     );
     describe_gauge!(
         "callkeeper_events_connected",

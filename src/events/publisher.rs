@@ -3,7 +3,7 @@
 //! it. Its own connection (not intake's), so a slow or blocked publish never holds up intake.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
@@ -21,10 +21,6 @@ use crate::store::{OutboxEvent, SharedStore};
 
 /// Events published per round; their confirms are awaited together.
 const BATCH: u32 = 200;
-/// Confirmed events leave the outbox at most this often, in one delete. Each delete is a
-/// write transaction the timer may wait behind, and a published event waiting here costs
-/// nothing but a row; a crash before the delete publishes it again (consumers dedupe by id).
-const REMOVE_EVERY: Duration = Duration::from_secs(1);
 /// Looks at the outbox at least this often, beside the wakeups after each commit (a commit by
 /// another process, or a wakeup lost to a restart, is picked up here), and notices a dead
 /// channel while idle.
@@ -45,50 +41,6 @@ enum PublishError {
     ChannelClosed,
     #[error("the broker did not confirm event {seq}: {detail}")]
     NotConfirmed { seq: i64, detail: String },
-}
-
-/// How far the broker has confirmed the outbox, and how far the outbox has been cleared.
-struct Confirmed {
-    /// The last `seq` confirmed; the next round reads after it.
-    up_to: i64,
-    /// The last `seq` deleted from the outbox.
-    removed_up_to: i64,
-    removed_at: Instant,
-}
-
-impl Default for Confirmed {
-    fn default() -> Self {
-        Self {
-            up_to: 0,
-            removed_up_to: 0,
-            removed_at: Instant::now(),
-        }
-    }
-}
-
-impl Confirmed {
-    fn unremoved(&self) -> Option<i64> {
-        (self.up_to > self.removed_up_to).then_some(self.up_to)
-    }
-
-    fn due_for_removal(&self) -> Option<i64> {
-        self.unremoved()
-            .filter(|_| self.removed_at.elapsed() >= REMOVE_EVERY)
-    }
-
-    fn removed(&mut self, up_to: i64) {
-        self.removed_up_to = up_to;
-        self.removed_at = Instant::now();
-    }
-
-    /// How long an idle publisher may sleep: until the next removal is due, or `POLL`.
-    fn wait_at_most(&self) -> Duration {
-        match self.unremoved() {
-            Some(_) => REMOVE_EVERY.saturating_sub(self.removed_at.elapsed()),
-            None => POLL,
-        }
-        .min(POLL)
-    }
 }
 
 /// Publishes the outbox until shut down, reconnecting with backoff when the broker goes away.
@@ -193,36 +145,17 @@ impl Publisher {
         Ok((connection, channel))
     }
 
-    /// Publishes rounds of outbox events until shutdown (`Ok`) or a broker failure (`Err`),
-    /// then removes what was confirmed, so the next connection starts after it.
+    /// Publishes rounds of outbox events until shutdown (`Ok`) or a broker failure (`Err`).
     async fn publish_loop(
         &self,
         channel: &Channel,
         shutdown: &CancellationToken,
     ) -> Result<(), PublishError> {
-        let mut confirmed = Confirmed::default();
-        let result = self.rounds(channel, shutdown, &mut confirmed).await;
-        if let Some(up_to) = confirmed.unremoved() {
-            self.remove(up_to, shutdown).await;
-        }
-        result
-    }
-
-    async fn rounds(
-        &self,
-        channel: &Channel,
-        shutdown: &CancellationToken,
-        confirmed: &mut Confirmed,
-    ) -> Result<(), PublishError> {
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            if let Some(up_to) = confirmed.due_for_removal() {
-                self.remove(up_to, shutdown).await;
-                confirmed.removed(up_to);
-            }
-            let batch = match self.store.pending_events(confirmed.up_to, BATCH).await {
+            let batch = match self.store.pending_events(BATCH).await {
                 Ok(batch) => batch,
                 Err(error) => {
                     metrics::counter!("callkeeper_store_errors_total", "operation" => "pending_events")
@@ -239,21 +172,21 @@ impl Publisher {
                     biased;
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(confirmed.wait_at_most()) => {}
+                    _ = tokio::time::sleep(POLL) => {}
                 }
                 if !channel.status().connected() {
                     return Err(PublishError::ChannelClosed);
                 }
                 continue;
             }
-            let (last, failure) = match self.publish(channel, &batch).await {
+            let (confirmed, failure) = match self.publish(channel, &batch).await {
                 Ok(last) => (Some(last), None),
                 Err((last, error)) => (last, Some(error)),
             };
-            // Kept even when the rest failed: `publish_loop` removes it, so the retry after the
+            // Remove what was confirmed even when the rest failed, so the retry after the
             // reconnect starts at the first unconfirmed event.
-            if let Some(last) = last {
-                confirmed.up_to = last;
+            if let Some(last) = confirmed {
+                self.remove(last, shutdown).await;
             }
             if let Some(error) = failure {
                 return Err(error);

@@ -48,10 +48,6 @@ const RESPONSE_DRAIN_MAX: usize = 64 * 1024;
 const FETCH_MAX: usize = 2000;
 /// Most finished tries recorded in one store transaction.
 const RECORD_BATCH: usize = 512;
-/// How long the recorder gathers tries before it writes them. Recording is not urgent (the loop
-/// holds a delivery until it is recorded), but the one writer connection is: every
-/// transaction here is one the timer may wait behind. Measured in BENCHMARKS.md.
-const RECORD_LINGER: Duration = Duration::from_millis(100);
 /// How long shutdown waits for in-flight sends beyond the request timeout.
 const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 
@@ -402,9 +398,9 @@ impl Worker {
 /// A try, sent and classified, on its way to the store: the delivery id and the result.
 type Finished = (String, TryResult);
 
-/// Writes finished tries to the store, all that arrive within `RECORD_LINGER` of the first in
-/// one transaction, so deliveries cost a few commits a second instead of one each (group
-/// commit). Tells the loop which deliveries are recorded, so it can let go of them.
+/// Writes finished tries to the store, all that queued up meanwhile in one transaction, so a
+/// burst of deliveries costs a few commits instead of one each (group commit). Tells the loop
+/// which deliveries are recorded, so it can let go of them.
 struct Recorder {
     store: SharedStore,
     clock: SharedClock,
@@ -417,20 +413,6 @@ impl Recorder {
     async fn run(mut self) {
         let mut batch = Vec::new();
         while self.finished.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-            let linger = tokio::time::sleep(RECORD_LINGER);
-            tokio::pin!(linger);
-            while batch.len() < RECORD_BATCH {
-                let room = RECORD_BATCH - batch.len();
-                tokio::select! {
-                    _ = &mut linger => break,
-                    received = self.finished.recv_many(&mut batch, room) => {
-                        // Zero: every sender is gone (shutdown); write what there is.
-                        if received == 0 {
-                            break;
-                        }
-                    }
-                }
-            }
             self.record(&batch).await;
             let ids = batch.drain(..).map(|(id, _)| id).collect();
             // The loop is gone only at the end of shutdown, when nothing needs letting go.
