@@ -702,10 +702,19 @@ async fn ontime(
         // every callback rather than only the punctual ones.
         let wait_after_burst = Duration::from_secs(60).max(sizes.spread_over * 2);
         let give_up = burst_due + wait_after_burst;
+        // From the first due time: intake and publishing its events are over by then.
+        if let Ok(wait) = (first_due - Utc::now()).to_std() {
+            tokio::time::sleep(wait).await;
+        }
+        let cpu_before_firing = worker.cpu_seconds();
         while rig.receiver.count("callback.due") < total as usize && Utc::now() < give_up {
             worker.check_alive()?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let firing_cpu = worker
+            .cpu_seconds()
+            .zip(cpu_before_firing)
+            .map(|(after, before)| after - before);
         let stopped = worker.terminate().await?;
 
         let arrivals = rig.receiver.arrivals();
@@ -825,6 +834,17 @@ async fn ontime(
             ),
         );
         report.figure("ontime", "burst lateness p50 / p99 / max", burst.summary(0));
+        report.figure(
+            "ontime",
+            "worker CPU from the first due time (user + system)",
+            match firing_cpu {
+                Some(cpu) => format!(
+                    "{cpu:.1} s, {:.0} µs per callback delivered",
+                    cpu * 1e6 / first_arrival.len().max(1) as f64
+                ),
+                None => "unknown (no /proc)".into(),
+            },
+        );
         report.figure(
             "ontime",
             "burst deliveries/s",
@@ -1384,6 +1404,20 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// The kernel's clock ticks per second (`getconf CLK_TCK`), the unit of `/proc/<pid>/stat`.
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
 /// The `callkeeper run` child process.
 struct WorkerProcess {
     child: tokio::process::Child,
@@ -1472,6 +1506,17 @@ impl WorkerProcess {
 
     fn current_rss_kib(&self) -> Option<u64> {
         self.status_field("VmRSS:")
+    }
+
+    /// CPU time the worker used so far (user + system, all threads), from `/proc/<pid>/stat`.
+    /// Steadier than latency from run to run, so it shows what a change costs or saves.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        // After the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(ticks as f64 / clock_ticks_per_second())
     }
 
     /// SIGTERM, then waits up to a minute for the exit; records the peak RSS first. A worker
