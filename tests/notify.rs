@@ -15,7 +15,7 @@ use callkeeper::domain::{CallbackId, Phone, Priority, QueueName};
 use callkeeper::notify::deliver::{self, try_delivery, Reply};
 use callkeeper::notify::signing::{self, VerifyError, DEFAULT_TOLERANCE};
 use callkeeper::notify::{Answer, Delivery, DeliveryState, Notifier, ReceivedWebhook, Receiver};
-use callkeeper::schedule::{DeliveryWakeups, Rules, Wakeups};
+use callkeeper::schedule::{Rules, Wakeups};
 use callkeeper::store::{SharedStore, StoreSettings, TryResult};
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
@@ -25,6 +25,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::json;
 use tempfile::TempDir;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -496,26 +497,12 @@ fn classification_follows_the_contract() {
 /// Generous bound for anything the tests wait for; conditions are polled, never slept on.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-async fn open(url: &str, config: &Config, rules: &Arc<Rules>) -> (SharedStore, DeliveryWakeups) {
-    let (wakeups, receivers) = Wakeups::new();
-    let settings = StoreSettings {
-        rules: rules.clone(),
-        public_url: config.http.public_url.clone(),
-        opt_out_period: config.intake.opt_out_period,
-        wakeups,
-    };
-    let store = callkeeper::store::open(url, settings).await.unwrap();
-    (store, receivers.deliveries)
-}
-
-/// A store in its own temp folder, with the notifier's wakeups wired as in the app.
+/// A store in its own temp folder, with the notifier's wakeup wired as in the app.
 struct World {
     store: SharedStore,
     rules: Arc<Rules>,
-    config: Config,
-    url: String,
-    /// Taken by the one notifier a store's wakeups can feed; `reopen` makes new ones.
-    wake: std::sync::Mutex<Option<DeliveryWakeups>>,
+    notify: NotifyConfig,
+    wake: Arc<Notify>,
     _dir: TempDir,
 }
 
@@ -540,38 +527,31 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let config = config(queues, overrides);
         let rules = Arc::new(Rules::from_config(&config));
+        let (wakeups, receivers) = Wakeups::new();
+        let settings = StoreSettings {
+            rules: rules.clone(),
+            public_url: config.http.public_url.clone(),
+            opt_out_period: config.intake.opt_out_period,
+            wakeups,
+        };
         let url = format!("sqlite://{}/callkeeper.db", dir.path().display());
-        let (store, wake) = open(&url, &config, &rules).await;
+        let store = callkeeper::store::open(&url, settings).await.unwrap();
         Self {
             store,
             rules,
-            config,
-            url,
-            wake: std::sync::Mutex::new(Some(wake)),
+            notify: config.notify,
+            wake: receivers.deliveries,
             _dir: dir,
         }
     }
 
-    /// Opens the same file again with fresh wakeups, as a restarted worker does.
-    async fn reopen(&mut self) {
-        let (store, wake) = open(&self.url, &self.config, &self.rules).await;
-        self.store = store;
-        self.wake = std::sync::Mutex::new(Some(wake));
-    }
-
     fn start_notifier(&self) -> Running {
-        let wake = self
-            .wake
-            .lock()
-            .unwrap()
-            .take()
-            .expect("one notifier per opened store; reopen for another");
         let notifier = Notifier::new(
             self.store.clone(),
             self.rules.clone(),
-            self.config.notify.clone(),
+            self.notify.clone(),
             Arc::new(SystemClock),
-            wake,
+            self.wake.clone(),
         );
         let stop = CancellationToken::new();
         let task = tokio::spawn(notifier.run(stop.clone()));
@@ -680,7 +660,7 @@ async fn a_restart_mid_retry_still_delivers_under_the_same_id() {
     let (receiver, mut received) = Receiver::start(vec![secret.clone()]).await.unwrap();
     // Retry-After makes the retry time certain: long enough to restart in between.
     receiver.respond_next([Answer::too_many("2")]);
-    let mut world = World::new(&queue_toml("support", &receiver.url(), &secret), &[]).await;
+    let world = World::new(&queue_toml("support", &receiver.url(), &secret), &[]).await;
     let id = world.due_callback("support", "+31612345602").await;
 
     let first_run = world.start_notifier();
@@ -689,7 +669,6 @@ async fn a_restart_mid_retry_still_delivers_under_the_same_id() {
         .wait_for(&id, "the first try is recorded", |d| d.tries == 1)
         .await;
     first_run.stop().await;
-    world.reopen().await;
     let pending = world.store.get_delivery(&id).await.unwrap().unwrap();
     assert_eq!(
         (pending.state, pending.tries),
@@ -779,34 +758,6 @@ async fn gone_holds_the_endpoint_until_a_replay() {
     world
         .wait_for(&id, "delivered", |d| d.state == DeliveryState::Delivered)
         .await;
-    notifier.stop().await;
-}
-
-/// The store hands the notifier each batch's new deliveries in memory, but one to an endpoint
-/// disabled by a 410 is stored `disabled` and must not be sent.
-#[tokio::test]
-async fn a_callback_due_at_a_disabled_endpoint_is_held() {
-    let secret = new_secret();
-    let (receiver, mut received) = Receiver::start(vec![secret.clone()]).await.unwrap();
-    receiver.respond_next([410]);
-    let world = World::new(&queue_toml("support", &receiver.url(), &secret), &[]).await;
-    let notifier = world.start_notifier();
-    let first = world.due_callback("support", "+31612345605").await;
-    world
-        .wait_for(&first, "disabled", |d| d.state == DeliveryState::Disabled)
-        .await;
-    assert_eq!(next_webhook(&mut received).await.answered, 410);
-
-    let second = world.due_callback("support", "+31612345606").await;
-    world
-        .wait_for(&second, "disabled", |d| d.state == DeliveryState::Disabled)
-        .await;
-    // A wrong send would go out right after the commit; a second is plenty to see it.
-    let sent = tokio::time::timeout(Duration::from_secs(1), received.recv()).await;
-    assert!(
-        sent.is_err(),
-        "a held endpoint was sent a webhook: {sent:?}"
-    );
     notifier.stop().await;
 }
 

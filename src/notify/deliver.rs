@@ -1,10 +1,9 @@
 //! The delivery worker: sends pending deliveries from the store as signed webhooks and records
 //! each try there, so retries survive a restart.
 //!
-//! One loop owns the scheduling: it takes ready deliveries (handed over by the store right after
-//! a batch commits them, or fetched from the store when woken, polling, or retrying), keeps a
-//! small in-memory backlog per endpoint, and starts sends within a global and a per-endpoint
-//! limit, so a slow endpoint only holds back its own deliveries. Each send runs in its own task that also records the result.
+//! One loop owns the scheduling: it fetches ready deliveries, keeps a small in-memory backlog per
+//! endpoint, and starts sends within a global and a per-endpoint limit, so a slow endpoint only
+//! holds back its own deliveries. Each send runs in its own task that also records the result.
 //! The single step "sign, send, classify" is [`try_delivery`], testable without the loop.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -18,7 +17,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng as _;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use secrecy::SecretString;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -28,7 +27,7 @@ use super::{signing, Delivery};
 use crate::clock::{Clock, SharedClock};
 use crate::config::NotifyConfig;
 use crate::domain::lifecycle::Notice;
-use crate::schedule::{DeliveryWakeups, Rules};
+use crate::schedule::Rules;
 use crate::store::{SharedStore, StoreError, TryResult};
 
 /// Sent as `User-Agent`, so endpoint owners can tell our requests apart.
@@ -353,8 +352,8 @@ pub struct Notifier {
     rules: Arc<Rules>,
     config: NotifyConfig,
     clock: SharedClock,
-    /// From the store: woken when new deliveries are stored or replayed, or handed them whole.
-    wake: DeliveryWakeups,
+    /// Woken by the store when new deliveries are stored or replayed.
+    wake: Arc<Notify>,
 }
 
 /// What every send task needs.
@@ -504,30 +503,6 @@ impl Lanes {
         }
     }
 
-    /// Takes deliveries the store handed over right after committing them, as a fetch would
-    /// have; any that do not fit stay in the store for the next fetch. Returns the earliest
-    /// not ready yet, if any, for the loop to look again then.
-    fn take_handed(&mut self, handed: Vec<Delivery>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut later: Option<DateTime<Utc>> = None;
-        for delivery in handed {
-            if self.held.contains(&delivery.id) {
-                continue;
-            }
-            if delivery.next_try_at > now {
-                later = Some(later.map_or(delivery.next_try_at, |at| at.min(delivery.next_try_at)));
-                continue;
-            }
-            let lane = self.waiting.entry(delivery.url.clone()).or_default();
-            if lane.len() >= self.backlog_per_endpoint {
-                self.more_ready = true;
-                continue;
-            }
-            self.held.insert(delivery.id.clone());
-            lane.push_back(delivery);
-        }
-        later
-    }
-
     /// Starts every waiting delivery that has both a global and an endpoint slot, one endpoint
     /// at a time in turn so a long backlog does not starve the others.
     fn dispatch(
@@ -600,7 +575,7 @@ impl Notifier {
         rules: Arc<Rules>,
         config: NotifyConfig,
         clock: SharedClock,
-        wake: DeliveryWakeups,
+        wake: Arc<Notify>,
     ) -> Self {
         Self {
             store,
@@ -613,7 +588,7 @@ impl Notifier {
 
     /// Delivers until `shutdown`, then waits a bounded time for sends in flight. A send cut off
     /// is safe: it stays pending in the store and is sent again with the same `webhook-id`.
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let client = http_client(&self.config).context("building the webhook HTTP client")?;
         let drain_timeout = self.config.timeout + DRAIN_MARGIN;
         let (finished, to_record) = mpsc::unbounded_channel();
@@ -701,14 +676,7 @@ impl Notifier {
                     // Room in the lanes: refill them if the store holds more than we took.
                     lanes.more_ready
                 }
-                Some(handed) = self.wake.handed.recv() => {
-                    if let Some(at) = lanes.take_handed(handed, self.clock.now()) {
-                        next_look = Some(next_look.map_or(at, |look| look.min(at)));
-                    }
-                    // Read the store only if some did not fit, or it held more already.
-                    lanes.more_ready
-                }
-                _ = self.wake.ready.notified() => true,
+                _ = self.wake.notified() => true,
                 _ = tokio::time::sleep(sleep_for) => true,
             };
         }

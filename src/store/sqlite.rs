@@ -139,16 +139,8 @@ impl SqliteStore {
         mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
         mut effects: Effects,
     ) -> Result {
-        effects.write_deferred(&mut tx).await?;
-        if !effects.handed.is_empty() {
-            // The INSERT stores a delivery to an endpoint disabled by a 410 as `disabled`;
-            // the copies in memory do not know that, so those are not handed over.
-            let disabled: HashSet<String> = sqlx::query_scalar(sql::DISABLED_ENDPOINTS)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
-            effects.handed.retain(|d| !disabled.contains(&d.url));
+        if let Some(rows) = effects.deferred.take() {
+            write_deferred(&mut tx, rows).await?;
         }
         insert_events(&mut tx, &effects.events).await?;
         tx.commit().await?;
@@ -563,9 +555,6 @@ struct Effects {
     /// intake's requests): its rows are then kept here and written by `commit`, many per
     /// statement. Other writes read back what they wrote, so they write at once.
     deferred: Option<Deferred>,
-    /// Deferred deliveries once written: after COMMIT they go to the notifier whole, so it
-    /// need not read back what was just written.
-    handed: Vec<Delivery>,
 }
 
 /// Rows a batch write hands to `commit`.
@@ -576,30 +565,12 @@ struct Deferred {
 }
 
 impl Effects {
-    /// Writes the rows deferred so far, many per statement, and keeps their deliveries to hand
-    /// over after COMMIT.
-    async fn write_deferred(&mut self, conn: &mut SqliteConnection) -> Result {
-        if let Some(rows) = self.deferred.take() {
-            let callbacks: Vec<_> = rows.callbacks.iter().map(|(c, next)| (c, *next)).collect();
-            upsert_callbacks(conn, &callbacks).await?;
-            insert_deliveries(conn, &rows.deliveries).await?;
-            self.handed.extend(rows.deliveries);
-        }
-        Ok(())
-    }
-
     /// Call only after COMMIT.
     fn wake(self, wakeups: &Wakeups) {
         for (at, id) in self.fires {
             wakeups.fire_at(at, id);
         }
-        // Deliveries not handed over (written directly, or to a disabled endpoint) are read
-        // from the store by the notifier once woken.
-        let handed = self.handed.len();
-        if handed > 0 {
-            wakeups.hand_over(self.handed);
-        }
-        if self.deliveries > handed {
+        if self.deliveries > 0 {
             wakeups.deliveries_ready();
         }
         if !self.events.is_empty() {
@@ -667,7 +638,9 @@ impl Store for SqliteStore {
                     // so far are written first, and the read-ahead is dropped (the command may
                     // close what it holds).
                     command => {
-                        effects.write_deferred(&mut tx).await?;
+                        if let Some(rows) = effects.deferred.take() {
+                            write_deferred(&mut tx, rows).await?;
+                        }
                         open = None;
                         let outcome = self
                             .command_in(&mut tx, command, now, &mut opted_out, &mut effects)
@@ -1412,8 +1385,6 @@ mod sql {
     /// Binds: before, limit.
     pub const PURGE_INBOUND_EVENTS: &str = "DELETE FROM inbound_events WHERE (source, id) IN \
          (SELECT source, id FROM inbound_events WHERE applied_at < ? LIMIT ?)";
-    /// Endpoints a 410 disabled (a handful of rows at most).
-    pub const DISABLED_ENDPOINTS: &str = "SELECT url FROM endpoints WHERE disabled_at IS NOT NULL";
     pub const HOLD_URL: &str =
         "UPDATE deliveries SET state = 'disabled' WHERE url = ? AND state = 'pending'";
     /// An SLA digest (no callback), held when its endpoint is disabled; a stored id wins.
@@ -1693,6 +1664,12 @@ async fn open_callbacks(conn: &mut SqliteConnection, events: &[Inbound]) -> Resu
 }
 
 /// Writes the rows a write kept for the end, many per statement.
+async fn write_deferred(conn: &mut SqliteConnection, rows: Deferred) -> Result {
+    let callbacks: Vec<_> = rows.callbacks.iter().map(|(c, next)| (c, *next)).collect();
+    upsert_callbacks(conn, &callbacks).await?;
+    insert_deliveries(conn, &rows.deliveries).await
+}
+
 /// When `phone` was called after `since`, over all its callbacks in every queue.
 async fn phone_attempts(
     conn: &mut SqliteConnection,
