@@ -1496,7 +1496,6 @@ async fn known_fingerprints(
     Ok(known)
 }
 
-/// The batch's requesting phones that are opted out at `now`.
 /// The distinct phones that `events` request a callback for.
 fn requested_phones(events: &[Inbound]) -> Vec<&str> {
     let phones: HashSet<&str> = events
@@ -1509,6 +1508,7 @@ fn requested_phones(events: &[Inbound]) -> Vec<&str> {
     phones.into_iter().collect()
 }
 
+/// The batch's requesting phones that are opted out at `now`.
 async fn opted_out_phones(
     conn: &mut SqliteConnection,
     batch: &[Inbound],
