@@ -1918,3 +1918,84 @@ async fn every_write_path_puts_its_lifecycle_events_in_the_outbox() {
         left.len() as u64
     );
 }
+
+/// The gauges' figures per queue: the oldest open callback, those at risk and untried, and the
+/// SLA outcomes of a period. Each is read through its own index (`hot_queries_use_indexes`);
+/// this checks the figures.
+#[tokio::test]
+async fn gauge_figures_follow_the_callbacks() {
+    let h = harness().await;
+    let done = h.create("+31612345671", "support", t0()).await;
+    let warned = h.create("+31612345672", "support", t0() + mins(1)).await;
+    h.create("+31612345673", "sales", t0() + mins(2)).await;
+    h.store
+        .claim(done, "agent-a", t0() + mins(3))
+        .await
+        .unwrap();
+    h.store
+        .record_attempt(done, &report("agent-a", Outcome::Connected), t0() + mins(3))
+        .await
+        .unwrap();
+    let deadline = t0() + mins(1) + TimeDelta::hours(4);
+    h.store.advance_one(warned, t0() + mins(1)).await.unwrap();
+    h.store
+        .advance_one(warned, deadline - mins(10))
+        .await
+        .unwrap();
+
+    let stats = h.store.stats().await.unwrap();
+    // The completed one is no longer the oldest open; `retry` has nothing open.
+    let mut oldest = stats.oldest_open.clone();
+    oldest.sort();
+    assert_eq!(
+        oldest,
+        vec![
+            (queue("sales"), t0() + mins(2)),
+            (queue("support"), t0() + mins(1)),
+        ]
+    );
+    assert_eq!(stats.at_risk, vec![(queue("support"), 1)]);
+    let support: u64 = stats
+        .by_state
+        .iter()
+        .filter(|(q, _, _)| *q == queue("support"))
+        .map(|r| r.2)
+        .sum();
+    assert_eq!(support, 2);
+    assert!(stats
+        .by_state
+        .contains(&(queue("support"), State::Completed, 1)));
+
+    let counts = h
+        .store
+        .sla_counts(t0() - TimeDelta::hours(1), t0() + TimeDelta::hours(1))
+        .await
+        .unwrap();
+    let count = |q: &str, status: SlaStatus| {
+        counts
+            .iter()
+            .filter(|(cq, cs, _)| *cq == queue(q) && *cs == status)
+            .map(|r| r.2)
+            .sum::<u64>()
+    };
+    assert_eq!(count("support", SlaStatus::Met), 1);
+    assert_eq!(count("support", SlaStatus::Pending), 1);
+    assert_eq!(count("support", SlaStatus::Missed), 0);
+    assert_eq!(count("sales", SlaStatus::Pending), 1);
+    assert_eq!(count("retry", SlaStatus::Pending), 0);
+    // Only callbacks requested inside the period count.
+    let later = h
+        .store
+        .sla_counts(t0() + mins(2), t0() + TimeDelta::hours(1))
+        .await
+        .unwrap();
+    let total: u64 = later.iter().map(|r| r.2).sum();
+    assert_eq!(total, 1);
+
+    // Past its deadline the warned one is missed, and no longer at risk.
+    h.store
+        .advance_one(warned, deadline + mins(1))
+        .await
+        .unwrap();
+    assert!(h.store.stats().await.unwrap().at_risk.is_empty());
+}

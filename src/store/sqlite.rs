@@ -939,42 +939,36 @@ impl Store for SqliteStore {
 
     async fn stats(&self) -> Result<Stats> {
         let mut stats = Stats::default();
-        let rows =
-            sqlx::query("SELECT queue, state, count(*) AS n FROM callbacks GROUP BY queue, state")
-                .fetch_all(&self.reader)
-                .await?;
-        for row in rows {
+        for row in sqlx::query(sql::COUNT_BY_STATE)
+            .fetch_all(&self.reader)
+            .await?
+        {
             let queue = parse_queue(row.get("queue"))?;
             let state = parse_word("state", row.get("state"), State::parse)?;
             stats
                 .by_state
                 .push((queue, state, row.get::<i64, _>("n") as u64));
         }
-        let rows = sqlx::query(&format!(
-            "SELECT queue, min(requested_at) AS oldest FROM callbacks WHERE {OPEN} GROUP BY queue"
-        ))
-        .fetch_all(&self.reader)
-        .await?;
-        for row in rows {
-            stats
-                .oldest_open
-                .push((parse_queue(row.get("queue"))?, from_ms(row.get("oldest"))?));
+        // One seek per queue; a GROUP BY over the open callbacks would read each of them.
+        let oldest_open = sql::oldest_open();
+        for queue in self.settings.rules.queue_names() {
+            let oldest: Option<i64> = sqlx::query_scalar(&oldest_open)
+                .bind(queue.as_str())
+                .fetch_one(&self.reader)
+                .await?;
+            if let Some(oldest) = oldest {
+                stats.oldest_open.push((queue.clone(), from_ms(oldest)?));
+            }
         }
-        let rows = sqlx::query(&format!(
-            "SELECT queue, count(*) AS n FROM callbacks WHERE {OPEN} AND at_risk_notified = 1 \
-             AND sla = 'pending' AND first_attempt_at IS NULL GROUP BY queue"
-        ))
-        .fetch_all(&self.reader)
-        .await?;
-        stats.event_backlog = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM event_outbox")
-            .fetch_one(&self.reader)
-            .await? as u64;
-        for row in rows {
+        for row in sqlx::query(&sql::at_risk()).fetch_all(&self.reader).await? {
             stats.at_risk.push((
                 parse_queue(row.get("queue"))?,
                 row.get::<i64, _>("n") as u64,
             ));
         }
+        stats.event_backlog = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM event_outbox")
+            .fetch_one(&self.reader)
+            .await? as u64;
         Ok(stats)
     }
 
@@ -983,23 +977,20 @@ impl Store for SqliteStore {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<(QueueName, SlaStatus, u64)>> {
-        let rows = sqlx::query(
-            "SELECT queue, sla, count(*) AS n FROM callbacks \
-             WHERE requested_at >= ? AND requested_at < ? GROUP BY queue, sla",
-        )
-        .bind(ms(from))
-        .bind(ms(to))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    parse_queue(row.get("queue"))?,
-                    parse_word("sla", row.get("sla"), SlaStatus::parse)?,
-                    row.get::<i64, _>("n") as u64,
-                ))
-            })
-            .collect()
+        let statement = sql::sla_counts();
+        let mut counts = Vec::new();
+        for queue in self.settings.rules.queue_names() {
+            let row = sqlx::query(&statement)
+                .bind(queue.as_str())
+                .bind(ms(from))
+                .bind(ms(to))
+                .fetch_one(&self.reader)
+                .await?;
+            for (column, status) in SlaStatus::ALL.iter().enumerate() {
+                counts.push((queue.clone(), *status, row.get::<i64, _>(column) as u64));
+            }
+        }
+        Ok(counts)
     }
 
     async fn sla_rows(
@@ -1268,7 +1259,7 @@ async fn delete_where_in(
 
 /// The queries on hot paths, named so the query-plan test checks the very text that runs.
 mod sql {
-    use super::{CALLBACK_COLUMNS, DELIVERY_COLUMNS, OPEN};
+    use super::{SlaStatus, CALLBACK_COLUMNS, DELIVERY_COLUMNS, OPEN};
 
     /// At most this many rows per multi-row statement, far below SQLite's bound-variable limit.
     pub const CHUNK: usize = 200;
@@ -1454,6 +1445,41 @@ mod sql {
             "SELECT {DELIVERY_COLUMNS} FROM deliveries \
              WHERE +state = 'pending' AND next_try_at <= ? AND id IN ({})",
             vec!["?"; n].join(", ")
+        )
+    }
+
+    /// Callbacks per queue and state: a walk of the covering index (queue, state, id), the one
+    /// gauge query that grows with the store.
+    pub const COUNT_BY_STATE: &str =
+        "SELECT queue, state, count(*) AS n FROM callbacks GROUP BY queue, state";
+
+    /// When the oldest open callback of queue `?` was requested: one seek in the partial index
+    /// of open callbacks.
+    pub fn oldest_open() -> String {
+        format!("SELECT min(requested_at) FROM callbacks WHERE queue = ? AND {OPEN}")
+    }
+
+    /// Open callbacks per queue warned at risk and not tried yet, from the partial index that
+    /// holds only those (named, because the planner would rather walk every open callback).
+    pub fn at_risk() -> String {
+        format!(
+            "SELECT queue, count(*) AS n FROM callbacks INDEXED BY callbacks_at_risk \
+             WHERE {OPEN} AND at_risk_notified = 1 AND sla = 'pending' \
+             AND first_attempt_at IS NULL GROUP BY queue"
+        )
+    }
+
+    /// Queue `?1`'s callbacks requested in `[?2, ?3)`, one count per status of
+    /// `SlaStatus::ALL`, in that order: a range of the index (queue, requested_at, sla), with
+    /// no sort (a GROUP BY would sort the day's rows).
+    pub fn sla_counts() -> String {
+        let counts: Vec<String> = SlaStatus::ALL
+            .iter()
+            .map(|status| format!("count(*) FILTER (WHERE sla = '{}')", status.as_str()))
+            .collect();
+        format!(
+            "SELECT {} FROM callbacks WHERE queue = ?1 AND requested_at >= ?2 AND requested_at < ?3",
+            counts.join(", ")
         )
     }
 
@@ -2022,6 +2048,9 @@ mod tests {
             sql::list_deliveries(true),
             sql::sla_rows(true).into(),
             sql::sla_rows(false).into(),
+            sql::COUNT_BY_STATE.into(),
+            sql::at_risk(),
+            "SELECT count(*) FROM event_outbox".into(),
             format!("SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = ?"),
             format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?"),
         ];
@@ -2048,6 +2077,15 @@ mod tests {
                 "sqlite_autoindex_callbacks_1 (id=?)",
             ),
             (sql::opted_out(sql::CHUNK), "PRIMARY KEY (phone=?)"),
+            // The gauges' queries, every 10 s: a seek, and a range read from the index alone.
+            (
+                sql::oldest_open(),
+                "callbacks_open_queue_requested_at (queue=?)",
+            ),
+            (
+                sql::sla_counts(),
+                "COVERING INDEX callbacks_queue_requested_at_sla (queue=? AND requested_at>? AND requested_at<?)",
+            ),
         ];
         for (query, index) in &long_lists {
             let plan = plan_of(&pool, query).await;
