@@ -89,7 +89,8 @@ const GAUGE_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 const ATTAINMENT_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 
 /// Keeps the gauges that only the store knows current: callbacks by state, the oldest open
-/// callback, callbacks at risk and SLA attainment over the last day, per queue.
+/// callback without an attempt, callbacks at risk and SLA attainment over the last day, per
+/// queue.
 pub async fn refresh_store_gauges(
     store: crate::store::SharedStore,
     rules: Arc<crate::schedule::Rules>,
@@ -137,7 +138,7 @@ pub async fn refresh_store_gauges(
                 metrics::gauge!("callkeeper_callbacks", "queue" => q.clone(), "state" => state.as_str()).set(n as f64);
             }
             let oldest = stats
-                .oldest_open
+                .oldest_untried
                 .iter()
                 .find(|(sq, _)| sq == queue)
                 .map_or(0.0, |(_, at)| {

@@ -1919,12 +1919,24 @@ async fn every_write_path_puts_its_lifecycle_events_in_the_outbox() {
     );
 }
 
-/// The gauges' figures per queue: the oldest open callback, those at risk and untried, and the
-/// SLA outcomes of a period. Each is read through its own index (`hot_queries_use_indexes`);
-/// this checks the figures.
+/// The gauges' figures per queue: the oldest open callback without an attempt, those at risk
+/// and untried, and the SLA outcomes of a period. Each is read through its own index
+/// (`hot_queries_use_indexes`); this checks the figures.
 #[tokio::test]
 async fn gauge_figures_follow_the_callbacks() {
     let h = harness().await;
+    // Tried once with no answer: open for its retry, but no longer waiting for a first attempt.
+    let tried = h.create("+31612345670", "support", t0() - mins(5)).await;
+    h.store
+        .claim(tried, "agent-a", t0() - mins(4))
+        .await
+        .unwrap();
+    let retried = h
+        .store
+        .record_attempt(tried, &report("agent-a", Outcome::NoAnswer), t0() - mins(4))
+        .await
+        .unwrap();
+    assert!(retried.state.is_open());
     let done = h.create("+31612345671", "support", t0()).await;
     let warned = h.create("+31612345672", "support", t0() + mins(1)).await;
     h.create("+31612345673", "sales", t0() + mins(2)).await;
@@ -1944,8 +1956,8 @@ async fn gauge_figures_follow_the_callbacks() {
         .unwrap();
 
     let stats = h.store.stats().await.unwrap();
-    // The completed one is no longer the oldest open; `retry` has nothing open.
-    let mut oldest = stats.oldest_open.clone();
+    // Neither the tried one nor the completed one waits; `retry` has nothing open.
+    let mut oldest = stats.oldest_untried.clone();
     oldest.sort();
     assert_eq!(
         oldest,
@@ -1961,14 +1973,14 @@ async fn gauge_figures_follow_the_callbacks() {
         .filter(|(q, _, _)| *q == queue("support"))
         .map(|r| r.2)
         .sum();
-    assert_eq!(support, 2);
+    assert_eq!(support, 3);
     assert!(stats
         .by_state
         .contains(&(queue("support"), State::Completed, 1)));
 
     let counts = h
         .store
-        .sla_counts(t0() - TimeDelta::hours(1), t0() + TimeDelta::hours(1))
+        .sla_counts(t0() - mins(1), t0() + TimeDelta::hours(1))
         .await
         .unwrap();
     let count = |q: &str, status: SlaStatus| {
@@ -1980,6 +1992,7 @@ async fn gauge_figures_follow_the_callbacks() {
     };
     assert_eq!(count("support", SlaStatus::Met), 1);
     assert_eq!(count("support", SlaStatus::Pending), 1);
+    // The tried one was requested before the period.
     assert_eq!(count("support", SlaStatus::Missed), 0);
     assert_eq!(count("sales", SlaStatus::Pending), 1);
     assert_eq!(count("retry", SlaStatus::Pending), 0);

@@ -3,9 +3,10 @@
 -- callback and the at-risk count read every open row and the SLA counts sorted a day of rows:
 -- 0.6 s of one core per refresh at 200,000 callbacks (BENCHMARKS.md).
 
--- The oldest open callback of a queue: one seek. The partial index holds open callbacks only.
-CREATE INDEX callbacks_open_queue_requested_at ON callbacks (queue, requested_at)
-    WHERE state IN ('scheduled', 'due', 'claimed');
+-- The oldest open callback of a queue still waiting for its first attempt: one seek. The
+-- partial index holds only those.
+CREATE INDEX callbacks_untried_queue_requested_at ON callbacks (queue, requested_at)
+    WHERE state IN ('scheduled', 'due', 'claimed') AND first_attempt_at IS NULL;
 
 -- Open callbacks warned at risk and not tried yet: the index holds only those.
 CREATE INDEX callbacks_at_risk ON callbacks (queue)

@@ -97,8 +97,9 @@ pub enum TryResult {
 pub struct Stats {
     /// Callbacks per queue and state.
     pub by_state: Vec<(QueueName, State, u64)>,
-    /// When the oldest open callback of each queue was requested.
-    pub oldest_open: Vec<(QueueName, DateTime<Utc>)>,
+    /// When the oldest open callback without an attempt of each configured queue was
+    /// requested.
+    pub oldest_untried: Vec<(QueueName, DateTime<Utc>)>,
     /// Open callbacks per queue that were warned at-risk and have no attempt yet.
     pub at_risk: Vec<(QueueName, u64)>,
     /// Lifecycle events in the outbox, not yet confirmed by the broker.

@@ -950,14 +950,14 @@ impl Store for SqliteStore {
                 .push((queue, state, row.get::<i64, _>("n") as u64));
         }
         // One seek per queue; a GROUP BY over the open callbacks would read each of them.
-        let oldest_open = sql::oldest_open();
+        let oldest_untried = sql::oldest_untried();
         for queue in self.settings.rules.queue_names() {
-            let oldest: Option<i64> = sqlx::query_scalar(&oldest_open)
+            let oldest: Option<i64> = sqlx::query_scalar(&oldest_untried)
                 .bind(queue.as_str())
                 .fetch_one(&self.reader)
                 .await?;
             if let Some(oldest) = oldest {
-                stats.oldest_open.push((queue.clone(), from_ms(oldest)?));
+                stats.oldest_untried.push((queue.clone(), from_ms(oldest)?));
             }
         }
         for row in sqlx::query(&sql::at_risk()).fetch_all(&self.reader).await? {
@@ -1453,10 +1453,13 @@ mod sql {
     pub const COUNT_BY_STATE: &str =
         "SELECT queue, state, count(*) AS n FROM callbacks GROUP BY queue, state";
 
-    /// When the oldest open callback of queue `?` was requested: one seek in the partial index
-    /// of open callbacks.
-    pub fn oldest_open() -> String {
-        format!("SELECT min(requested_at) FROM callbacks WHERE queue = ? AND {OPEN}")
+    /// When the oldest open callback of queue `?` without an attempt was requested: one seek
+    /// in the partial index of those.
+    pub fn oldest_untried() -> String {
+        format!(
+            "SELECT min(requested_at) FROM callbacks \
+             WHERE queue = ? AND {OPEN} AND first_attempt_at IS NULL"
+        )
     }
 
     /// Open callbacks per queue warned at risk and not tried yet, from the partial index that
@@ -2079,8 +2082,8 @@ mod tests {
             (sql::opted_out(sql::CHUNK), "PRIMARY KEY (phone=?)"),
             // The gauges' queries, every 10 s: a seek, and a range read from the index alone.
             (
-                sql::oldest_open(),
-                "callbacks_open_queue_requested_at (queue=?)",
+                sql::oldest_untried(),
+                "callbacks_untried_queue_requested_at (queue=?)",
             ),
             (
                 sql::sla_counts(),
