@@ -305,7 +305,7 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
         // part the broker ceiling compares with; firing under load is the storm's and on-time's.
         let later = ms_floor(Utc::now() + chrono::Duration::hours(1));
         eprintln!("backlog: publishing {n} requests into the intake queue (worker stopped)…");
-        let bodies = |i: u64| request_body(&env.run, i, Some(later));
+        let bodies = |i: u64| request_body(i, Some(later));
         let publisher = Publisher::connect(&env.amqp_url).await?;
         let started = Instant::now();
         publisher
@@ -514,11 +514,10 @@ async fn storm(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
             let exchange = rig.names.clone();
             let stop = stop_publishing.clone();
             let next = next.clone();
-            let run = env.run.clone();
             publishers.push(tokio::spawn(async move {
                 publisher
                     .publish_until(&exchange, "callback.requested", &stop, &next, |i| {
-                        request_body(&run, i, None)
+                        request_body(i, None)
                     })
                     .await
             }));
@@ -679,7 +678,7 @@ async fn ontime(
         let publisher = Publisher::connect(&env.amqp_url).await?;
         publisher
             .publish_range(&rig.names, "callback.requested", 0..total, |i| {
-                request_body(&env.run, i, Some(due(i)))
+                request_body(i, Some(due(i)))
             })
             .await?;
         let mut probe = StoreProbe::new(&rig.db);
@@ -945,11 +944,7 @@ async fn ahead(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
         let publisher = Publisher::connect(&env.amqp_url).await?;
         publisher
             .publish_range(&rig.names, "callback.requested", 0..seeds, |i| {
-                request_body(
-                    &env.run,
-                    i,
-                    Some(next_week + chrono::Duration::seconds(i as i64)),
-                )
+                request_body(i, Some(next_week + chrono::Duration::seconds(i as i64)))
             })
             .await?;
         let mut probe = StoreProbe::new(&rig.db);
@@ -981,7 +976,7 @@ async fn ahead(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
                 &rig.names,
                 "callback.requested",
                 base..base + sizes.meanwhile,
-                |i| request_body(&env.run, i, Some(due(i))),
+                |i| request_body(i, Some(due(i))),
             )
             .await?;
 
@@ -1812,8 +1807,9 @@ fn check_phone_ranges(largest: u64) -> anyhow::Result<()> {
 }
 
 /// A `callback.requested` CloudEvent for the `i`-th number, due at `due` (a one-hour window
-/// from then) or as soon as possible.
-fn request_body(run: &str, i: u64, due: Option<DateTime<Utc>>) -> Vec<u8> {
+/// from then) or as soon as possible. Its id is a random UUID, as IVRs make them: idempotency
+/// keys then land all over their index, as in production and in the SQLite-alone figure.
+fn request_body(i: u64, due: Option<DateTime<Utc>>) -> Vec<u8> {
     let mut data = json!({ "phone": phone(i), "queue": QUEUE });
     if let Some(due) = due {
         data["window"] = json!({
@@ -1821,7 +1817,8 @@ fn request_body(run: &str, i: u64, due: Option<DateTime<Utc>>) -> Vec<u8> {
             "not_after": (due + chrono::Duration::hours(1)).to_rfc3339_opts(SecondsFormat::Millis, true),
         });
     }
-    callkeeper::ivr::cloud_event("callback.requested", &format!("{run}-{i}"), data)
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    callkeeper::ivr::cloud_event("callback.requested", &id.to_string(), data)
         .to_string()
         .into_bytes()
 }
