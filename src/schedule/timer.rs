@@ -60,33 +60,37 @@ impl Timer {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // When the next step may start: at once, except after a partial batch, when the timer
+        // has caught up and waits for the tick, so under load batches grow instead of steps
+        // multiplying, each with its commit and the notifier's reads.
+        let mut next_step = tokio::time::Instant::now();
         loop {
+            let wake = (tokio::time::Instant::now() + self.sleep_for()).max(next_step);
+            // Shutdown first: after a full batch the sleep is zero, and a long backlog must not
+            // hold up the drain.
+            let due = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                Some(hint) = self.hints.recv() => {
+                    self.take_hint(hint);
+                    false
+                }
+                _ = tokio::time::sleep_until(wake) => true,
+            };
+            // Take every hint already queued before stepping again, so a burst costs one pass.
+            while let Ok(hint) = self.hints.try_recv() {
+                self.take_hint(hint);
+            }
+            if !due {
+                continue;
+            }
             let started = tokio::time::Instant::now();
             let stepped = self.step().await;
-            // After a partial batch the timer has caught up: the next step waits for the tick,
-            // so under load batches grow instead of steps multiplying, each with its commit and
-            // the notifier's reads.
-            let tick_end = if (1..STEP_BATCH).contains(&stepped) {
+            next_step = if (1..STEP_BATCH).contains(&stepped) {
                 started + TICK
             } else {
                 started
             };
-            loop {
-                let wake = (tokio::time::Instant::now() + self.sleep_for()).max(tick_end);
-                // Shutdown first: after a full batch the sleep is zero, and a long backlog must
-                // not hold up the drain.
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return Ok(()),
-                    Some(hint) = self.hints.recv() => self.take_hint(hint),
-                    _ = tokio::time::sleep_until(wake) => break,
-                }
-                // Take every hint already queued before stepping again, so a burst costs one
-                // pass.
-                while let Ok(hint) = self.hints.try_recv() {
-                    self.take_hint(hint);
-                }
-            }
         }
     }
 

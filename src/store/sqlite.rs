@@ -966,7 +966,7 @@ impl Store for SqliteStore {
                 row.get::<i64, _>("n") as u64,
             ));
         }
-        stats.event_backlog = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM event_outbox")
+        stats.event_backlog = sqlx::query_scalar::<_, i64>(sql::OUTBOX_BACKLOG)
             .fetch_one(&self.reader)
             .await? as u64;
         Ok(stats)
@@ -1452,6 +1452,9 @@ mod sql {
     /// gauge query that grows with the store.
     pub const COUNT_BY_STATE: &str =
         "SELECT queue, state, count(*) AS n FROM callbacks GROUP BY queue, state";
+
+    /// Lifecycle events not yet confirmed by the broker.
+    pub const OUTBOX_BACKLOG: &str = "SELECT count(*) FROM event_outbox";
 
     /// When the oldest open callback of queue `?` without an attempt was requested: one seek
     /// in the partial index of those.
@@ -2053,7 +2056,7 @@ mod tests {
             sql::sla_rows(false).into(),
             sql::COUNT_BY_STATE.into(),
             sql::at_risk(),
-            "SELECT count(*) FROM event_outbox".into(),
+            sql::OUTBOX_BACKLOG.into(),
             format!("SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id = ?"),
             format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?"),
         ];
