@@ -228,6 +228,96 @@ async fn same_key_other_payload_is_a_conflict() {
     assert_eq!(all[0].queue.as_str(), "support");
 }
 
+/// Opens the store at `h.url` again, as a restarted worker does.
+async fn reopen(h: &Harness) -> SqliteStore {
+    let store = SqliteStore::connect(&h.url, h.settings.clone())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+#[tokio::test]
+async fn keys_of_a_large_batch_are_known_after_a_restart() {
+    // More keys than one statement takes (`CHUNK` is 200), so their row numbers come from
+    // several statements of one batch.
+    let h = harness().await;
+    let batch: Vec<Inbound> = (0..450)
+        .map(|i| {
+            let number = format!("+3161234{i:04}");
+            event(
+                &format!("big-{i}"),
+                "fp",
+                Command::Request(request(&number, "support")),
+            )
+        })
+        .collect();
+    let outcomes = h.store.apply_inbound(&batch, t0()).await.unwrap();
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, InboundOutcome::Created(_))));
+    let again = h.store.apply_inbound(&batch, t0()).await.unwrap();
+    assert!(again.iter().all(|o| *o == InboundOutcome::Duplicate));
+    h.store.close().await;
+
+    let store = reopen(&h).await;
+    let again = store.apply_inbound(&batch, t0()).await.unwrap();
+    assert!(again.iter().all(|o| *o == InboundOutcome::Duplicate));
+    let mut conflicting = batch[449].clone();
+    conflicting.fingerprint = "other".into();
+    let outcome = store.apply_inbound(&[conflicting], t0()).await.unwrap();
+    assert!(
+        matches!(&outcome[0], InboundOutcome::Rejected(r) if r.reason == "idempotency_conflict"),
+        "{outcome:?}"
+    );
+    // One row per key, numbered in arrival order.
+    let mut conn = {
+        use sqlx::Connection;
+        sqlx::SqliteConnection::connect(&h.url).await.unwrap()
+    };
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM inbound_events ORDER BY seq")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(seqs, (1..=450).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn a_purged_key_is_forgotten_and_a_kept_one_still_known() {
+    let h = harness().await;
+    let old = event("old", "fp", Command::Request(request(PHONE, "support")));
+    let recent = event(
+        "recent",
+        "fp",
+        Command::Request(request("+31612345670", "support")),
+    );
+    h.apply(old.clone(), t0()).await;
+    h.apply(recent.clone(), t0() + TimeDelta::days(30)).await;
+    let purged = h
+        .store
+        .purge(t0() + TimeDelta::days(10), 100)
+        .await
+        .unwrap();
+    assert_eq!(purged.inbound_events, 1);
+
+    let mut reused = old.clone();
+    reused.fingerprint = "reused".into();
+    let later = t0() + TimeDelta::days(31);
+    // The key is gone: the event applies (it merges into the callback still open).
+    assert!(matches!(
+        h.apply(reused.clone(), later).await,
+        InboundOutcome::Merged(_)
+    ));
+    assert_eq!(h.apply(reused, later).await, InboundOutcome::Duplicate);
+    assert_eq!(
+        h.apply(recent.clone(), later).await,
+        InboundOutcome::Duplicate
+    );
+    let mut conflicting = recent;
+    conflicting.fingerprint = "other".into();
+    assert_eq!(h.reason(conflicting, later).await, "idempotency_conflict");
+}
+
 #[tokio::test]
 async fn duplicate_request_merges_into_the_open_callback() {
     let h = harness().await;
@@ -1110,10 +1200,7 @@ async fn data_survives_close_and_reopen() {
     let before = h.store.get(id).await.unwrap().unwrap();
     h.store.close().await;
 
-    let reopened = SqliteStore::connect(&h.url, h.settings.clone())
-        .await
-        .unwrap();
-    reopened.migrate().await.unwrap();
+    let reopened = reopen(&h).await;
     reopened.ping().await.unwrap();
     assert_eq!(reopened.get(id).await.unwrap(), Some(before));
     assert_eq!(
@@ -1519,10 +1606,7 @@ async fn a_personal_callback_falls_back_to_the_queue_once_across_a_restart() {
 
     // A restart between the two offers: the fallback is stored, not remembered.
     h.store.close().await;
-    let store = SqliteStore::connect(&h.url, h.settings.clone())
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let store = reopen(&h).await;
     let times = store.fire_times(t0() + mins(10), 10).await.unwrap();
     assert_eq!(times, vec![(t0() + mins(10), id)]);
     let second = store.advance_one(id, t0() + mins(10)).await.unwrap();
@@ -2011,4 +2095,115 @@ async fn gauge_figures_follow_the_callbacks() {
         .await
         .unwrap();
     assert!(h.store.stats().await.unwrap().at_risk.is_empty());
+}
+
+#[tokio::test]
+async fn migration_0007_keeps_every_idempotency_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // A database as the previous release left it: keys under their (source, id) primary key.
+    let (url, pool) = migrated_up_to(dir.path(), "0006").await;
+    let at = t0().timestamp_millis();
+    for (id, applied_at) in [("e-2", at + 1), ("e-1", at)] {
+        sqlx::query(
+            "INSERT INTO inbound_events (source, id, fingerprint, applied_at) \
+             VALUES ('/ivr/test', ?, 'fp', ?)",
+        )
+        .bind(id)
+        .bind(applied_at)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let h = harness().await;
+    let store = SqliteStore::connect(&url, h.settings.clone())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let known = |id: &str, fingerprint: &str| {
+        event(id, fingerprint, Command::Request(request(PHONE, "support")))
+    };
+    let outcomes = store
+        .apply_inbound(
+            &[
+                known("e-1", "fp"),
+                known("e-2", "other"),
+                known("e-3", "fp"),
+            ],
+            t0(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcomes[0], InboundOutcome::Duplicate);
+    assert!(
+        matches!(&outcomes[1], InboundOutcome::Rejected(r) if r.reason == "idempotency_conflict"),
+        "{outcomes:?}"
+    );
+    assert!(matches!(outcomes[2], InboundOutcome::Created(_)));
+    // Numbered by age, and the new key after them.
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let keys: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, id FROM inbound_events ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let expected: Vec<(i64, String)> = [(1, "e-1"), (2, "e-2"), (3, "e-3")]
+        .map(|(seq, id)| (seq, id.to_owned()))
+        .into();
+    assert_eq!(keys, expected);
+    let unhashed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inbound_events WHERE key_hash IS NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(unhashed, 0, "the first load hashes the copied keys");
+}
+
+#[tokio::test]
+async fn every_stored_key_is_loaded_at_start_however_many() {
+    // More keys than one read at start takes (65,536), stored as intake stores them.
+    const KEYS: i64 = 70_000;
+    let h = harness().await;
+    h.store.close().await;
+    let pool = sqlx::SqlitePool::connect(&h.url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    for chunk in (1..=KEYS).collect::<Vec<i64>>().chunks(200) {
+        let sql = format!(
+            "INSERT INTO inbound_events (seq, key_hash, source, id, fingerprint, applied_at) \
+             VALUES {}",
+            vec!["(?, ?, '/ivr/test', ?, 'fp', 0)"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for seq in chunk {
+            let id = format!("k-{seq}");
+            query = query
+                .bind(seq)
+                .bind(callkeeper::store::key_hash("/ivr/test", &id))
+                .bind(id);
+        }
+        query.execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    pool.close().await;
+
+    let store = reopen(&h).await;
+    let batch: Vec<Inbound> = [1, 65_536, 65_537, KEYS]
+        .iter()
+        .map(|seq| {
+            event(
+                &format!("k-{seq}"),
+                "fp",
+                Command::Request(request(PHONE, "support")),
+            )
+        })
+        .collect();
+    let outcomes = store.apply_inbound(&batch, t0()).await.unwrap();
+    assert!(
+        outcomes.iter().all(|o| *o == InboundOutcome::Duplicate),
+        "{outcomes:?}"
+    );
+    let fresh = event("k-new", "fp", Command::Request(request(PHONE, "support")));
+    let outcome = store.apply_inbound(&[fresh], t0()).await.unwrap();
+    assert!(matches!(outcome[0], InboundOutcome::Created(_)));
 }

@@ -1028,7 +1028,7 @@ async fn ahead(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
             "ahead",
             "pending callbacks",
             format!(
-                "{} ({} through intake, {} cloned in SQL in one transaction in {})",
+                "{} ({} through intake, {} cloned in SQL with their idempotency keys in one transaction in {})",
                 thousands(stored.saturating_sub(sizes.meanwhile)),
                 thousands(seeds),
                 thousands(sizes.booked - seeds),
@@ -1065,8 +1065,10 @@ async fn ahead(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
 }
 
 /// Adds `extra` callbacks to the store by copying the `seeds` rows already there with a fresh
-/// id and phone number, in one transaction. Columns are read from the table itself, so this
-/// follows the schema as it changes; only `id` and `phone` are assumed.
+/// id and phone number, in one transaction, each with the idempotency key intake would have
+/// kept for it (a random event id), so start-up loads a million keys too. Columns are read
+/// from the table itself, so this follows the schema as it changes; only `id` and `phone` are
+/// assumed.
 async fn clone_callbacks(db: &Path, seeds: u64, extra: u64) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut conn = SqliteConnectOptions::new()
@@ -1117,6 +1119,7 @@ async fn clone_callbacks(db: &Path, seeds: u64, extra: u64) -> anyhow::Result<Du
     );
     if extra > 0 {
         sqlx::query(&sql).execute(&mut *tx).await?;
+        add_event_keys(&mut tx, extra, now_ms).await?;
     }
     sqlx::query("DROP TABLE bench_seed")
         .execute(&mut *tx)
@@ -1130,16 +1133,73 @@ async fn clone_callbacks(db: &Path, seeds: u64, extra: u64) -> anyhow::Result<Du
     Ok(started.elapsed())
 }
 
+/// Stores `n` idempotency keys as intake does: a random event id, and the key's hash where the
+/// schema has one (a worker from before migration 0007 has none).
+async fn add_event_keys(
+    conn: &mut SqliteConnection,
+    n: u64,
+    applied_at: i64,
+) -> anyhow::Result<()> {
+    const SOURCE: &str = "bench-clone";
+    const PER_STATEMENT: u64 = 200;
+    let hashed = table_columns(conn, "inbound_events")
+        .await?
+        .iter()
+        .any(|c| c == "key_hash");
+    let (columns, row) = if hashed {
+        (
+            "source, id, fingerprint, applied_at, key_hash",
+            "(?, ?, ?, ?, ?)",
+        )
+    } else {
+        ("source, id, fingerprint, applied_at", "(?, ?, ?, ?)")
+    };
+    let mut left = n;
+    while left > 0 {
+        let rows = left.min(PER_STATEMENT);
+        let sql = format!(
+            "INSERT INTO inbound_events ({columns}) VALUES {}",
+            vec![row; rows as usize].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for _ in 0..rows {
+            let id = format!("{:032x}", rand::random::<u128>());
+            let fingerprint = format!("{:064x}", rand::random::<u128>());
+            if hashed {
+                let hash = callkeeper::store::key_hash(SOURCE, &id);
+                query = query
+                    .bind(SOURCE)
+                    .bind(id)
+                    .bind(fingerprint)
+                    .bind(applied_at)
+                    .bind(hash);
+            } else {
+                query = query
+                    .bind(SOURCE)
+                    .bind(id)
+                    .bind(fingerprint)
+                    .bind(applied_at);
+            }
+        }
+        query.execute(&mut *conn).await?;
+        left -= rows;
+    }
+    Ok(())
+}
+
 /// The `callbacks` table's columns, read from the store so copies follow schema changes.
-async fn callback_columns(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<Vec<String>> {
-    Ok(
-        sqlx::query("SELECT name FROM pragma_table_info('callbacks')")
-            .fetch_all(conn)
-            .await?
-            .iter()
-            .map(|row| row.get::<String, _>("name"))
-            .collect(),
-    )
+async fn callback_columns(conn: &mut SqliteConnection) -> anyhow::Result<Vec<String>> {
+    table_columns(conn, "callbacks").await
+}
+
+async fn table_columns(conn: &mut SqliteConnection, table: &str) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query("SELECT name FROM pragma_table_info(?)")
+        .bind(table)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(|row| row.get::<String, _>("name"))
+        .collect())
 }
 
 /// Rows the store-floor measurement adds at most.
@@ -1179,9 +1239,23 @@ async fn store_floor(db: &Path, n: u64, batch: usize) -> anyhow::Result<Duration
         insert_columns.join(", "),
         select.join(", ")
     );
-    let inbound = "INSERT INTO inbound_events (source, id, fingerprint, applied_at) \
-         SELECT 'bench', lower(hex(randomblob(16))), lower(hex(randomblob(32))), requested_at \
-         FROM callbacks WHERE rowid BETWEEN ?2 AND ?3";
+    // A random integer stands in for the key's hash where the schema stores one: it is as
+    // large, and lands in the index as the real one does (after the last key).
+    let hashed = table_columns(&mut conn, "inbound_events")
+        .await?
+        .iter()
+        .any(|c| c == "key_hash");
+    let (hash_column, hash_value) = if hashed {
+        (", key_hash", ", random()")
+    } else {
+        ("", "")
+    };
+    let inbound = format!(
+        "INSERT INTO inbound_events (source, id, fingerprint, applied_at{hash_column}) \
+         SELECT 'bench', lower(hex(randomblob(16))), lower(hex(randomblob(32))), requested_at\
+           {hash_value} \
+         FROM callbacks WHERE rowid BETWEEN ?2 AND ?3"
+    );
     let outbox = "INSERT INTO event_outbox (id, callback_id, type, body, created_at) \
          SELECT lower(hex(randomblob(16))), id, 'callkeeper.callback.requested', \
            printf('%.540c', 'x'), requested_at \
@@ -1193,7 +1267,7 @@ async fn store_floor(db: &Path, n: u64, batch: usize) -> anyhow::Result<Duration
         let a = (done as i64 % seeds) + 1;
         let b = (a + rows - 1).min(seeds);
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        for statement in [callbacks.as_str(), inbound, outbox] {
+        for statement in [callbacks.as_str(), inbound.as_str(), outbox] {
             sqlx::query(statement)
                 .bind(k)
                 .bind(a)

@@ -1,6 +1,7 @@
 //! The store: the source of truth. One [`Store`] trait, one module per database; SQL stays in
 //! those modules, the lifecycle rules stay in [`crate::domain::lifecycle`].
 
+mod event_keys;
 mod sqlite;
 
 use std::collections::HashSet;
@@ -18,6 +19,7 @@ use crate::domain::{Attempt, Callback, CallbackId, CancelReason, Phone, QueueNam
 use crate::notify::{Delivery, DeliveryState};
 use crate::schedule::{Rules, Wakeups};
 
+pub use event_keys::key_hash;
 pub use sqlite::{SqliteStore, WRITER_CACHE};
 
 pub type Result<T = (), E = StoreError> = std::result::Result<T, E>;

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
 
 use chrono::TimeDelta;
 use sqlx::migrate::Migrator;
@@ -17,8 +18,9 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, SqliteConnection};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use super::event_keys::{key_hash, EventKeys};
 use super::*;
 use crate::domain::events::{lifecycle_events, LifecycleEvent};
 use crate::domain::inbound::{CallbackRequest, CancelTarget, Command, Rejection};
@@ -54,6 +56,9 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// A few connections for reads, so API reads never wait behind a write batch.
     reader: SqlitePool,
+    /// Where each idempotency key is stored: loaded once, in the background from
+    /// [`Store::migrate`] or by the first batch of intake, then kept by intake and retention.
+    event_keys: Arc<tokio::sync::OnceCell<Mutex<EventKeys>>>,
     settings: StoreSettings,
 }
 
@@ -106,6 +111,7 @@ impl SqliteStore {
         Ok(Self {
             writer,
             reader,
+            event_keys: Arc::default(),
             settings,
         })
     }
@@ -150,6 +156,14 @@ impl SqliteStore {
 
     fn policy(&self, queue: &QueueName) -> Option<&QueuePolicy> {
         self.settings.rules.queue(queue)
+    }
+
+    /// The keys in memory, loaded first if they are not yet. Intake waits here after a start
+    /// (about 1.2 s at a million keys); firing and the API never need them.
+    async fn event_keys(&self) -> Result<&Mutex<EventKeys>> {
+        self.event_keys
+            .get_or_try_init(|| load_event_keys(&self.reader))
+            .await
     }
 
     /// Saves a changed (or new) callback, queues the deliveries for `notices` and writes the
@@ -584,6 +598,15 @@ impl Effects {
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result {
         MIGRATOR.run(&self.writer).await?;
+        hash_copied_keys(&self.writer).await?;
+        // Loaded beside the rest of start-up: the timer fires what fell due during a restart
+        // while the keys load, and intake waits for them (`event_keys`).
+        let (keys, reader) = (self.event_keys.clone(), self.reader.clone());
+        tokio::spawn(async move {
+            if let Err(error) = keys.get_or_try_init(|| load_event_keys(&reader)).await {
+                warn!(%error, "Loading the idempotency keys failed; intake tries again.");
+            }
+        });
         Ok(())
     }
 
@@ -600,10 +623,11 @@ impl Store for SqliteStore {
         let now = truncate(now);
         let mut effects = Effects::default();
         let mut outcomes = Vec::with_capacity(batch.len());
+        let keys = self.event_keys().await?;
         let mut tx = self.begin_write("intake").await?;
         // Keys and opt-outs are fetched for the whole batch up front (a few queries instead of
         // two per event) and kept current as events apply, so a later event sees an earlier one.
-        let mut fingerprints = known_fingerprints(&mut tx, batch).await?;
+        let mut fingerprints = known_fingerprints(&mut tx, keys, batch).await?;
         let mut opted_out = opted_out_phones(&mut tx, batch, now).await?;
         // Requests are the bulk of intake. Their open callbacks are read for the rest of the
         // batch in a few queries and kept current here, and their rows are written at `commit`,
@@ -660,7 +684,7 @@ impl Store for SqliteStore {
             }
             outcomes.push(outcome);
         }
-        record_events(&mut tx, &applied, now).await?;
+        record_events(&mut tx, keys, &applied, now).await?;
         self.commit(tx, effects).await?;
         Ok(outcomes)
     }
@@ -1063,12 +1087,12 @@ impl Store for SqliteStore {
                 delete_where_in(&mut tx, "event_outbox", "callback_id", chunk).await?;
             purged.callbacks += delete_where_in(&mut tx, "callbacks", "id", chunk).await?;
         }
-        purged.inbound_events = sqlx::query(sql::PURGE_INBOUND_EVENTS)
+        let purged_keys: Vec<(i64, Option<i64>)> = sqlx::query_as(sql::PURGE_INBOUND_EVENTS)
             .bind(before)
             .bind(limit)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .fetch_all(&mut *tx)
+            .await?;
+        purged.inbound_events = purged_keys.len() as u64;
         purged.opt_outs = sqlx::query("DELETE FROM opt_outs WHERE until < ?")
             .bind(before)
             .execute(&mut *tx)
@@ -1076,6 +1100,17 @@ impl Store for SqliteStore {
             .rows_affected();
         purged.digests = purge_digests(&mut tx, before, limit).await?;
         tx.commit().await?;
+        // While the keys still load, the load may yet read these rows: their stale entries
+        // would cost a read each, nothing more.
+        if let Some(keys) = self.event_keys.get() {
+            let mut keys = lock(keys);
+            for (seq, hash) in purged_keys {
+                // Every row has its hash once the keys were loaded.
+                if let Some(hash) = hash {
+                    keys.remove(hash, seq);
+                }
+            }
+        }
         Ok(purged)
     }
 
@@ -1264,15 +1299,28 @@ mod sql {
     /// At most this many rows per multi-row statement, far below SQLite's bound-variable limit.
     pub const CHUNK: usize = 200;
 
-    /// Fingerprints of already applied keys among `n` (source, id) pairs.
-    pub fn known_fingerprints(n: usize) -> String {
+    /// The keys and fingerprints stored in `n` rows, by `seq`.
+    pub fn event_keys_by_seq(n: usize) -> String {
         format!(
-            "WITH k (source, id) AS (VALUES {}) \
-             SELECT e.source, e.id, e.fingerprint FROM k \
-             CROSS JOIN inbound_events e ON e.source = k.source AND e.id = k.id",
-            placeholders(n, 2)
+            "SELECT seq, source, id, fingerprint FROM inbound_events WHERE seq IN ({})",
+            vec!["?"; n].join(", ")
         )
     }
+
+    /// Up to `EVENT_KEYS_PER_READ` rows from a `seq` on, as one string of "seq hash" pairs
+    /// (binds: from, count). Through sqlx a row costs about 1.5 µs, most of a start at a
+    /// million keys (2.1 s); one string per 65,536 rows takes about half of that. A row
+    /// without its hash reads as a corrupt pair rather than vanishing from the string.
+    pub const EVENT_KEYS_FROM: &str =
+        "SELECT group_concat(seq || ' ' || ifnull(key_hash, '-'), ' ') \
+         FROM inbound_events WHERE seq >= ?1 AND seq < ?1 + ?2";
+    pub const EVENT_KEYS_PER_READ: i64 = 65_536;
+    /// The first and last `seq`: one aggregate per subquery, so each is a seek to an end.
+    pub const EVENT_SEQ_RANGE: &str = "SELECT (SELECT min(seq) FROM inbound_events), \
+         (SELECT max(seq) FROM inbound_events)";
+    /// Keys copied by migration 0007, found through the partial index that holds only them.
+    pub const UNHASHED_EVENT_KEYS: &str =
+        "SELECT seq, source, id FROM inbound_events WHERE key_hash IS NULL LIMIT ?";
 
     /// Which of `n` phones are opted out (binds: now, then the phones).
     pub fn opted_out(n: usize) -> String {
@@ -1284,8 +1332,9 @@ mod sql {
 
     pub fn record_events(n: usize) -> String {
         format!(
-            "INSERT INTO inbound_events (source, id, fingerprint, applied_at) VALUES {}",
-            placeholders(n, 4)
+            "INSERT INTO inbound_events (seq, key_hash, source, id, fingerprint, applied_at) \
+             VALUES {}",
+            placeholders(n, 6)
         )
     }
 
@@ -1374,8 +1423,10 @@ mod sql {
          WHERE closed_at < ? AND +state IN ('completed', 'failed', 'cancelled', 'expired') \
          ORDER BY closed_at, id LIMIT ?";
     /// Binds: before, limit.
-    pub const PURGE_INBOUND_EVENTS: &str = "DELETE FROM inbound_events WHERE (source, id) IN \
-         (SELECT source, id FROM inbound_events WHERE applied_at < ? LIMIT ?)";
+    /// Returns what was removed, so the keys in memory follow.
+    pub const PURGE_INBOUND_EVENTS: &str = "DELETE FROM inbound_events WHERE seq IN \
+         (SELECT seq FROM inbound_events WHERE applied_at < ? LIMIT ?) \
+         RETURNING seq, key_hash";
     pub const HOLD_URL: &str =
         "UPDATE deliveries SET state = 'disabled' WHERE url = ? AND state = 'pending'";
     /// An SLA digest (no callback), held when its endpoint is disabled; a stored id wins.
@@ -1510,22 +1561,141 @@ mod sql {
 
 type EventKeyText = (String, String);
 
+/// Fingerprints of the batch's keys that were already applied. Only rows the map points
+/// to are read, and a row counts only when its key is the event's own.
 async fn known_fingerprints(
     conn: &mut SqliteConnection,
+    keys: &Mutex<EventKeys>,
     batch: &[Inbound],
 ) -> Result<HashMap<EventKeyText, String>> {
+    let seqs: Vec<i64> = {
+        let keys = lock(keys);
+        batch
+            .iter()
+            .flat_map(|event| keys.candidates(key_hash(&event.key.source, &event.key.id)))
+            .collect::<HashSet<i64>>()
+            .into_iter()
+            .collect()
+    };
     let mut known = HashMap::new();
-    for chunk in batch.chunks(sql::CHUNK) {
-        let sql = sql::known_fingerprints(chunk.len());
-        let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
-        for event in chunk {
-            query = query.bind(&event.key.source).bind(&event.key.id);
+    for chunk in seqs.chunks(sql::CHUNK) {
+        let sql = sql::event_keys_by_seq(chunk.len());
+        let mut query = sqlx::query_as::<_, (i64, String, String, String)>(&sql);
+        for seq in chunk {
+            query = query.bind(seq);
         }
-        for (source, id, fingerprint) in query.fetch_all(&mut *conn).await? {
+        for (_, source, id, fingerprint) in query.fetch_all(&mut *conn).await? {
             known.insert((source, id), fingerprint);
         }
     }
     Ok(known)
+}
+
+/// Stores the keys of applied events, in arrival order, and adds them to the map before
+/// the transaction commits: the map may then hold keys the table does not, never the
+/// reverse (a key missing from the map would let its event apply twice).
+async fn record_events(
+    conn: &mut SqliteConnection,
+    keys: &Mutex<EventKeys>,
+    events: &[&Inbound],
+    now: DateTime<Utc>,
+) -> Result {
+    let first = lock(keys).reserve(events.len());
+    let hashes: Vec<i64> = events
+        .iter()
+        .map(|event| key_hash(&event.key.source, &event.key.id))
+        .collect();
+    for (chunk_index, chunk) in events.chunks(sql::CHUNK).enumerate() {
+        let offset = chunk_index * sql::CHUNK;
+        let sql = sql::record_events(chunk.len());
+        let mut query = sqlx::query(&sql);
+        for (i, event) in chunk.iter().enumerate() {
+            query = query
+                .bind(first + (offset + i) as i64)
+                .bind(hashes[offset + i])
+                .bind(&event.key.source)
+                .bind(&event.key.id)
+                .bind(&event.fingerprint)
+                .bind(ms(now));
+        }
+        query.execute(&mut *conn).await?;
+    }
+    let mut keys = lock(keys);
+    for (i, hash) in hashes.into_iter().enumerate() {
+        keys.insert(hash, first + i as i64);
+    }
+    Ok(())
+}
+
+/// Reads every stored key's hash and `seq` into memory, a range of rows at a time, on a reader
+/// connection: no write waits behind it.
+async fn load_event_keys(reader: &SqlitePool) -> Result<Mutex<EventKeys>> {
+    let started = std::time::Instant::now();
+    let mut conn = reader.acquire().await?;
+    let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(sql::EVENT_SEQ_RANGE)
+        .fetch_one(&mut *conn)
+        .await?;
+    let (first, last) = (first.unwrap_or(1), last.unwrap_or(0));
+    let mut keys = EventKeys::new((last - first + 1).max(0) as usize, last + 1);
+    let corrupt = || StoreError::Corrupt("inbound_events: a key row without a hash".into());
+    for from in (first..=last).step_by(sql::EVENT_KEYS_PER_READ as usize) {
+        let pairs: Option<String> = sqlx::query_scalar(sql::EVENT_KEYS_FROM)
+            .bind(from)
+            .bind(sql::EVENT_KEYS_PER_READ)
+            .fetch_one(&mut *conn)
+            .await?;
+        let mut numbers = pairs
+            .as_deref()
+            .unwrap_or("")
+            .split(' ')
+            .filter(|n| !n.is_empty());
+        while let Some(seq) = numbers.next() {
+            let hash = numbers.next().ok_or_else(corrupt)?;
+            match (seq.parse(), hash.parse()) {
+                (Ok(seq), Ok(hash)) => keys.insert(hash, seq),
+                _ => return Err(corrupt()),
+            }
+        }
+    }
+    info!(
+        keys = keys.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "Idempotency keys loaded."
+    );
+    Ok(Mutex::new(keys))
+}
+
+/// Hashes the keys that migration 0007 copied from the old layout (a no-op afterwards: the
+/// partial index holding them is then empty).
+async fn hash_copied_keys(writer: &SqlitePool) -> Result {
+    loop {
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(sql::UNHASHED_EVENT_KEYS)
+            .bind(10_000) // rows per transaction
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for (seq, source, id) in &rows {
+            sqlx::query("UPDATE inbound_events SET key_hash = ? WHERE seq = ?")
+                .bind(key_hash(source, id))
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        info!(
+            keys = rows.len(),
+            "Hashed idempotency keys of the old layout."
+        );
+    }
+}
+
+fn lock(keys: &Mutex<EventKeys>) -> MutexGuard<'_, EventKeys> {
+    // Each change to the map is made whole or not at all, so a panic elsewhere leaves it
+    // usable.
+    keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The distinct phones that `events` request a callback for.
@@ -1557,26 +1727,6 @@ async fn opted_out_phones(
         opted_out.extend(query.fetch_all(&mut *conn).await?);
     }
     Ok(opted_out)
-}
-
-async fn record_events(
-    conn: &mut SqliteConnection,
-    events: &[&Inbound],
-    now: DateTime<Utc>,
-) -> Result {
-    for chunk in events.chunks(sql::CHUNK) {
-        let sql = sql::record_events(chunk.len());
-        let mut query = sqlx::query(&sql);
-        for event in chunk {
-            query = query
-                .bind(&event.key.source)
-                .bind(&event.key.id)
-                .bind(&event.fingerprint)
-                .bind(ms(now));
-        }
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 fn rejected(reason: &'static str, detail: String) -> InboundOutcome {
@@ -2027,8 +2177,10 @@ mod tests {
             .unwrap();
         MIGRATOR.run(&pool).await.unwrap();
         let mut queries: Vec<String> = vec![
-            sql::known_fingerprints(3),
             sql::opted_out(3),
+            sql::EVENT_SEQ_RANGE.into(),
+            sql::UNHASHED_EVENT_KEYS.into(),
+            sql::record_events(2),
             sql::FIRE_TIMES.into(),
             sql::NEXT_DELIVERY_AT.into(),
             sql::PHONE_ATTEMPTS.into(),
@@ -2083,6 +2235,14 @@ mod tests {
                 "sqlite_autoindex_callbacks_1 (id=?)",
             ),
             (sql::opted_out(sql::CHUNK), "PRIMARY KEY (phone=?)"),
+            (
+                sql::event_keys_by_seq(sql::CHUNK),
+                "INTEGER PRIMARY KEY (rowid=?)",
+            ),
+            (
+                sql::EVENT_KEYS_FROM.into(),
+                "INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+            ),
             // The gauges' queries, every 10 s: a seek, and a range read from the index alone.
             (
                 sql::oldest_untried(),
