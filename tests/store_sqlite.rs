@@ -2152,12 +2152,45 @@ async fn migration_0007_keeps_every_idempotency_key() {
         .map(|(seq, id)| (seq, id.to_owned()))
         .into();
     assert_eq!(keys, expected);
-    let unhashed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM inbound_events WHERE key_hash IS NULL")
-            .fetch_one(&pool)
+    let unhashed: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM inbound_events WHERE key_hash IS NULL ORDER BY seq")
+            .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(unhashed, 0, "the first load hashes the copied keys");
+    assert_eq!(
+        unhashed,
+        ["e-1", "e-2"],
+        "copied keys are hashed as they load"
+    );
+
+    // Known again after another start, and forgotten once purged like any other key.
+    store.close().await;
+    let store = SqliteStore::connect(&url, h.settings.clone())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let again = store
+        .apply_inbound(&[known("e-1", "fp"), known("e-2", "fp")], t0())
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        [InboundOutcome::Duplicate, InboundOutcome::Duplicate]
+    );
+    let purged = store
+        .purge(t0() + TimeDelta::milliseconds(1), 100)
+        .await
+        .unwrap();
+    assert_eq!(purged.inbound_events, 2, "e-1 and e-3");
+    let after = store
+        .apply_inbound(&[known("e-1", "other"), known("e-2", "other")], t0())
+        .await
+        .unwrap();
+    assert!(matches!(after[0], InboundOutcome::Merged(_)), "{after:?}");
+    assert!(
+        matches!(&after[1], InboundOutcome::Rejected(r) if r.reason == "idempotency_conflict"),
+        "{after:?}"
+    );
 }
 
 #[tokio::test]

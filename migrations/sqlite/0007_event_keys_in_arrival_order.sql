@@ -2,7 +2,7 @@
 -- key on (source, id) put each new key on a random page: intake wrote and fsynced about one
 -- page per event. Rows now append by `seq`. The worker keeps a map from `key_hash` (the first
 -- 8 bytes of a SHA-256 of the key, src/store/event_keys.rs) to `seq` in memory, loaded at
--- start. The worker hashes the rows copied here right after migrating.
+-- start. The rows copied here keep a NULL hash; the worker hashes them as it loads them.
 CREATE TABLE inbound_events_by_seq (
     seq         INTEGER PRIMARY KEY,
     key_hash    INTEGER,
@@ -17,5 +17,5 @@ DROP TABLE inbound_events;
 ALTER TABLE inbound_events_by_seq RENAME TO inbound_events;
 -- Retention: keys by age. It appends too: applied_at grows with seq.
 CREATE INDEX inbound_events_applied_at ON inbound_events (applied_at);
--- The rows copied above until they are hashed: empty from then on.
+-- The rows copied above, read on their own at start until retention removes them.
 CREATE INDEX inbound_events_unhashed ON inbound_events (seq) WHERE key_hash IS NULL;

@@ -997,6 +997,9 @@ async fn ahead(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
         let rss_now = worker.current_rss_kib();
         let stopped = worker.terminate().await?;
         let stored = probe.count().await.unwrap_or(0);
+        let loaded = "Idempotency keys loaded.";
+        let keys_load = logged_number(&worker.log, loaded, "keys")
+            .zip(logged_number(&worker.log, loaded, "took_ms"));
 
         let mut late: Vec<f64> = rig
             .receiver
@@ -1036,6 +1039,18 @@ async fn ahead(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
             ),
         );
         report.figure("ahead", "start to /readyz 200", millis(ready));
+        report.figure(
+            "ahead",
+            "idempotency keys loaded after start (intake waits; the worker's log)",
+            match keys_load {
+                Some((keys, took_ms)) => format!(
+                    "{} in {}",
+                    thousands(keys),
+                    millis(Duration::from_millis(took_ms))
+                ),
+                None => "not logged (a worker from before migration 0007)".into(),
+            },
+        );
         report.figure(
             "ahead",
             "peak RSS (VmHWM) / RSS at the end",
@@ -1510,6 +1525,8 @@ impl WorkerProcess {
             .args(["run", "--config"])
             .arg(&rig.config_path)
             .env("RUST_LOG", "info")
+            // One JSON object per line, so the bench can read figures the worker logs.
+            .env("CALLKEEPER_LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))
@@ -1636,6 +1653,17 @@ impl std::fmt::Display for Stopped {
         let how = if self.clean { "clean" } else { "NOT clean" };
         write!(f, "{how}, {}", millis(self.took))
     }
+}
+
+/// A numeric field of the worker's last log line saying `message`.
+fn logged_number(log: &Path, message: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(log)
+        .ok()?
+        .lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["message"] == message)?[field]
+        .as_u64()
 }
 
 fn log_tail(path: &Path) -> String {

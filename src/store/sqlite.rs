@@ -598,7 +598,6 @@ impl Effects {
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result {
         MIGRATOR.run(&self.writer).await?;
-        hash_copied_keys(&self.writer).await?;
         // Loaded beside the rest of start-up: the timer fires what fell due during a restart
         // while the keys load, and intake waits for them (`event_keys`).
         let (keys, reader) = (self.event_keys.clone(), self.reader.clone());
@@ -1087,11 +1086,12 @@ impl Store for SqliteStore {
                 delete_where_in(&mut tx, "event_outbox", "callback_id", chunk).await?;
             purged.callbacks += delete_where_in(&mut tx, "callbacks", "id", chunk).await?;
         }
-        let purged_keys: Vec<(i64, Option<i64>)> = sqlx::query_as(sql::PURGE_INBOUND_EVENTS)
-            .bind(before)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
+        let purged_keys: Vec<(i64, Option<i64>, String, String)> =
+            sqlx::query_as(sql::PURGE_INBOUND_EVENTS)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
         purged.inbound_events = purged_keys.len() as u64;
         purged.opt_outs = sqlx::query("DELETE FROM opt_outs WHERE until < ?")
             .bind(before)
@@ -1104,11 +1104,8 @@ impl Store for SqliteStore {
         // would cost a read each, nothing more.
         if let Some(keys) = self.event_keys.get() {
             let mut keys = lock(keys);
-            for (seq, hash) in purged_keys {
-                // Every row has its hash once the keys were loaded.
-                if let Some(hash) = hash {
-                    keys.remove(hash, seq);
-                }
+            for (seq, hash, source, id) in purged_keys {
+                keys.remove(hash.unwrap_or_else(|| key_hash(&source, &id)), seq);
             }
         }
         Ok(purged)
@@ -1310,17 +1307,16 @@ mod sql {
     /// Up to `EVENT_KEYS_PER_READ` rows from a `seq` on, as one string of "seq hash" pairs
     /// (binds: from, count). Through sqlx a row costs about 1.5 µs, most of a start at a
     /// million keys (2.1 s); one string per 65,536 rows takes about half of that. A row
-    /// without its hash reads as a corrupt pair rather than vanishing from the string.
-    pub const EVENT_KEYS_FROM: &str =
-        "SELECT group_concat(seq || ' ' || ifnull(key_hash, '-'), ' ') \
-         FROM inbound_events WHERE seq >= ?1 AND seq < ?1 + ?2";
+    /// without a hash (`UNHASHED_EVENT_KEYS`) is left out.
+    pub const EVENT_KEYS_FROM: &str = "SELECT group_concat(seq || ' ' || key_hash, ' ') \
+         FROM inbound_events WHERE seq >= ?1 AND seq < ?1 + ?2 AND key_hash IS NOT NULL";
     pub const EVENT_KEYS_PER_READ: i64 = 65_536;
     /// The first and last `seq`: one aggregate per subquery, so each is a seek to an end.
     pub const EVENT_SEQ_RANGE: &str = "SELECT (SELECT min(seq) FROM inbound_events), \
          (SELECT max(seq) FROM inbound_events)";
     /// Keys copied by migration 0007, found through the partial index that holds only them.
     pub const UNHASHED_EVENT_KEYS: &str =
-        "SELECT seq, source, id FROM inbound_events WHERE key_hash IS NULL LIMIT ?";
+        "SELECT seq, source, id FROM inbound_events WHERE key_hash IS NULL";
 
     /// Which of `n` phones are opted out (binds: now, then the phones).
     pub fn opted_out(n: usize) -> String {
@@ -1426,7 +1422,7 @@ mod sql {
     /// Returns what was removed, so the keys in memory follow.
     pub const PURGE_INBOUND_EVENTS: &str = "DELETE FROM inbound_events WHERE seq IN \
          (SELECT seq FROM inbound_events WHERE applied_at < ? LIMIT ?) \
-         RETURNING seq, key_hash";
+         RETURNING seq, key_hash, source, id";
     pub const HOLD_URL: &str =
         "UPDATE deliveries SET state = 'disabled' WHERE url = ? AND state = 'pending'";
     /// An SLA digest (no callback), held when its endpoint is disabled; a stored id wins.
@@ -1630,6 +1626,7 @@ async fn record_events(
 /// Reads every stored key's hash and `seq` into memory, a range of rows at a time, on a reader
 /// connection: no write waits behind it.
 async fn load_event_keys(reader: &SqlitePool) -> Result<Mutex<EventKeys>> {
+    use futures::TryStreamExt as _;
     let started = std::time::Instant::now();
     let mut conn = reader.acquire().await?;
     let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(sql::EVENT_SEQ_RANGE)
@@ -1637,7 +1634,7 @@ async fn load_event_keys(reader: &SqlitePool) -> Result<Mutex<EventKeys>> {
         .await?;
     let (first, last) = (first.unwrap_or(1), last.unwrap_or(0));
     let mut keys = EventKeys::new((last - first + 1).max(0) as usize, last + 1);
-    let corrupt = || StoreError::Corrupt("inbound_events: a key row without a hash".into());
+    let corrupt = || StoreError::Corrupt("inbound_events: a key hash is not a number".into());
     for from in (first..=last).step_by(sql::EVENT_KEYS_PER_READ as usize) {
         let pairs: Option<String> = sqlx::query_scalar(sql::EVENT_KEYS_FROM)
             .bind(from)
@@ -1657,39 +1654,20 @@ async fn load_event_keys(reader: &SqlitePool) -> Result<Mutex<EventKeys>> {
             }
         }
     }
+    // Keys copied by migration 0007 have no stored hash until retention removes them: hashed
+    // here at each start instead of rewritten at the upgrade.
+    let mut copied =
+        sqlx::query_as::<_, (i64, String, String)>(sql::UNHASHED_EVENT_KEYS).fetch(&mut *conn);
+    while let Some((seq, source, id)) = copied.try_next().await? {
+        keys.insert(key_hash(&source, &id), seq);
+    }
+    drop(copied);
     info!(
         keys = keys.len(),
         took_ms = started.elapsed().as_millis() as u64,
         "Idempotency keys loaded."
     );
     Ok(Mutex::new(keys))
-}
-
-/// Hashes the keys that migration 0007 copied from the old layout (a no-op afterwards: the
-/// partial index holding them is then empty).
-async fn hash_copied_keys(writer: &SqlitePool) -> Result {
-    loop {
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(sql::UNHASHED_EVENT_KEYS)
-            .bind(10_000) // rows per transaction
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        for (seq, source, id) in &rows {
-            sqlx::query("UPDATE inbound_events SET key_hash = ? WHERE seq = ?")
-                .bind(key_hash(source, id))
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        info!(
-            keys = rows.len(),
-            "Hashed idempotency keys of the old layout."
-        );
-    }
 }
 
 fn lock(keys: &Mutex<EventKeys>) -> MutexGuard<'_, EventKeys> {
