@@ -222,6 +222,10 @@ pub fn describe_metrics() {
         "callkeeper_timer_pending",
         "Fire times held in memory (the near-term window)."
     );
+    describe_gauge!(
+        "callkeeper_idempotency_keys",
+        "Idempotency keys held in memory (about 50 bytes each), once loaded at start."
+    );
     describe_counter!(
         "callkeeper_api_requests_total",
         "HTTP API requests by route template and status."

@@ -241,6 +241,11 @@ async fn lifecycle_series_move_as_callbacks_flow() {
         ) >= 1.0
     })
     .await;
+    // The keys this test's events left, held in memory (this app's store set it last).
+    let keys = Scrape::take(&app)
+        .await
+        .value("callkeeper_idempotency_keys", &[]);
+    assert!(keys >= 2.0, "idempotency keys: {keys}");
 
     // Every callkeeper series has HELP text.
     let text = reqwest::get(format!("{}/metrics", app.api))
@@ -258,6 +263,7 @@ async fn lifecycle_series_move_as_callbacks_flow() {
         "callkeeper_firing_lateness_seconds",
         "callkeeper_store_writer_wait_seconds",
         "callkeeper_events_outbox_pending",
+        "callkeeper_idempotency_keys",
     ] {
         assert!(
             text.contains(&format!("# HELP {name} ")),

@@ -78,8 +78,7 @@ async fn harness() -> Harness {
         opt_out_period: OPT_OUT_PERIOD,
         wakeups,
     };
-    let store = SqliteStore::connect(&url, settings.clone()).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = open_store(&url, &settings).await;
     Harness {
         store,
         wakeups: receivers,
@@ -132,6 +131,20 @@ fn event(id: &str, fingerprint: &str, command: Command) -> Inbound {
         fingerprint: fingerprint.into(),
         command,
     }
+}
+
+/// `n` requests for `support`, each from its own number, with event ids `<prefix>-<i>`.
+fn distinct_requests(prefix: &str, n: usize) -> Vec<Inbound> {
+    (0..n)
+        .map(|i| {
+            let number = format!("+316123{i:05}");
+            event(
+                &format!("{prefix}-{i}"),
+                "fp",
+                Command::Request(request(&number, "support")),
+            )
+        })
+        .collect()
 }
 
 fn report(agent: &str, outcome: Outcome) -> AttemptReport {
@@ -228,13 +241,16 @@ async fn same_key_other_payload_is_a_conflict() {
     assert_eq!(all[0].queue.as_str(), "support");
 }
 
-/// Opens the store at `h.url` again, as a restarted worker does.
-async fn reopen(h: &Harness) -> SqliteStore {
-    let store = SqliteStore::connect(&h.url, h.settings.clone())
-        .await
-        .unwrap();
+/// Opens and migrates the store at `url`, as a starting worker does.
+async fn open_store(url: &str, settings: &StoreSettings) -> SqliteStore {
+    let store = SqliteStore::connect(url, settings.clone()).await.unwrap();
     store.migrate().await.unwrap();
     store
+}
+
+/// Opens the store at `h.url` again, as a restarted worker does.
+async fn reopen(h: &Harness) -> SqliteStore {
+    open_store(&h.url, &h.settings).await
 }
 
 #[tokio::test]
@@ -242,16 +258,7 @@ async fn keys_of_a_large_batch_are_known_after_a_restart() {
     // More keys than one statement takes (`CHUNK` is 200), so their row numbers come from
     // several statements of one batch.
     let h = harness().await;
-    let batch: Vec<Inbound> = (0..450)
-        .map(|i| {
-            let number = format!("+3161234{i:04}");
-            event(
-                &format!("big-{i}"),
-                "fp",
-                Command::Request(request(&number, "support")),
-            )
-        })
-        .collect();
+    let batch = distinct_requests("big", 450);
     let outcomes = h.store.apply_inbound(&batch, t0()).await.unwrap();
     assert!(outcomes
         .iter()
@@ -720,16 +727,7 @@ async fn advance_steps_a_batch_in_order_and_reports_the_missing() {
 async fn advance_writes_a_batch_larger_than_one_statement_and_steps_a_repeat_once() {
     let h = harness().await;
     // More callbacks than one multi-row statement holds, so the rows go out in several.
-    let requests: Vec<Inbound> = (0..450)
-        .map(|i| {
-            let raw = format!("+316123{i:05}");
-            event(
-                &format!("req-{i}"),
-                "fp",
-                Command::Request(request(&raw, "support")),
-            )
-        })
-        .collect();
+    let requests = distinct_requests("req", 450);
     let created: Vec<CallbackId> = h
         .store
         .apply_inbound(&requests, t0())
@@ -1737,10 +1735,7 @@ async fn migration_0002_counts_outcomes_and_numbers_of_existing_attempts() {
         pool.close().await;
     }
     let h = harness().await;
-    let store = SqliteStore::connect(&url, h.settings.clone())
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let store = open_store(&url, &h.settings).await;
     let cb = store
         .list(&ListFilter::default())
         .await
@@ -1832,10 +1827,7 @@ async fn migration_0005_keeps_every_delivery_and_lets_a_digest_have_no_callback(
     }
 
     let h = harness().await;
-    let store = SqliteStore::connect(&url, h.settings.clone())
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let store = open_store(&url, &h.settings).await;
     let at = |offset_ms: i64| DateTime::from_timestamp_millis(start + offset_ms).unwrap();
     let kept = |id: &str, url: &str| callkeeper::notify::Delivery {
         id: id.into(),
@@ -2117,10 +2109,7 @@ async fn migration_0007_keeps_every_idempotency_key() {
     pool.close().await;
 
     let h = harness().await;
-    let store = SqliteStore::connect(&url, h.settings.clone())
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let store = open_store(&url, &h.settings).await;
     let known = |id: &str, fingerprint: &str| {
         event(id, fingerprint, Command::Request(request(PHONE, "support")))
     };
@@ -2165,10 +2154,7 @@ async fn migration_0007_keeps_every_idempotency_key() {
 
     // Known again after another start, and forgotten once purged like any other key.
     store.close().await;
-    let store = SqliteStore::connect(&url, h.settings.clone())
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let store = open_store(&url, &h.settings).await;
     let again = store
         .apply_inbound(&[known("e-1", "fp"), known("e-2", "fp")], t0())
         .await

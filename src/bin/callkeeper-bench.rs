@@ -1092,7 +1092,7 @@ async fn clone_callbacks(db: &Path, seeds: u64, extra: u64) -> anyhow::Result<Du
         .connect()
         .await
         .context("opening the store for cloning")?;
-    let columns = callback_columns(&mut conn).await?;
+    let columns = table_columns(&mut conn, "callbacks").await?;
     ensure!(
         columns.iter().any(|c| c == "id") && columns.iter().any(|c| c == "phone"),
         "the callbacks table has no id or phone column"
@@ -1157,10 +1157,7 @@ async fn add_event_keys(
 ) -> anyhow::Result<()> {
     const SOURCE: &str = "bench-clone";
     const PER_STATEMENT: u64 = 200;
-    let hashed = table_columns(conn, "inbound_events")
-        .await?
-        .iter()
-        .any(|c| c == "key_hash");
+    let hashed = stores_key_hashes(conn).await?;
     let (columns, row) = if hashed {
         (
             "source, id, fingerprint, applied_at, key_hash",
@@ -1202,11 +1199,15 @@ async fn add_event_keys(
     Ok(())
 }
 
-/// The `callbacks` table's columns, read from the store so copies follow schema changes.
-async fn callback_columns(conn: &mut SqliteConnection) -> anyhow::Result<Vec<String>> {
-    table_columns(conn, "callbacks").await
+/// Whether the store keeps a hash with each idempotency key (migration 0007 and later).
+async fn stores_key_hashes(conn: &mut SqliteConnection) -> anyhow::Result<bool> {
+    Ok(table_columns(conn, "inbound_events")
+        .await?
+        .iter()
+        .any(|c| c == "key_hash"))
 }
 
+/// A table's columns, read from the store so copies follow schema changes.
 async fn table_columns(conn: &mut SqliteConnection, table: &str) -> anyhow::Result<Vec<String>> {
     Ok(sqlx::query("SELECT name FROM pragma_table_info(?)")
         .bind(table)
@@ -1235,7 +1236,7 @@ async fn store_floor(db: &Path, n: u64, batch: usize) -> anyhow::Result<Duration
         .connect()
         .await
         .context("opening the store for the SQLite-alone measurement")?;
-    let columns = callback_columns(&mut conn).await?;
+    let columns = table_columns(&mut conn, "callbacks").await?;
     let seeds: i64 = sqlx::query_scalar("SELECT count(*) FROM callbacks")
         .fetch_one(&mut conn)
         .await?;
@@ -1256,10 +1257,7 @@ async fn store_floor(db: &Path, n: u64, batch: usize) -> anyhow::Result<Duration
     );
     // A random integer stands in for the key's hash where the schema stores one: it is as
     // large, and lands in the index as the real one does (after the last key).
-    let hashed = table_columns(&mut conn, "inbound_events")
-        .await?
-        .iter()
-        .any(|c| c == "key_hash");
+    let hashed = stores_key_hashes(&mut conn).await?;
     let (hash_column, hash_value) = if hashed {
         (", key_hash", ", random()")
     } else {

@@ -1107,6 +1107,7 @@ impl Store for SqliteStore {
             for (seq, hash, source, id) in purged_keys {
                 keys.remove(hash.unwrap_or_else(|| key_hash(&source, &id)), seq);
             }
+            report_key_count(&keys);
         }
         Ok(purged)
     }
@@ -1620,6 +1621,7 @@ async fn record_events(
     for (i, hash) in hashes.into_iter().enumerate() {
         keys.insert(hash, first + i as i64);
     }
+    report_key_count(&keys);
     Ok(())
 }
 
@@ -1667,7 +1669,13 @@ async fn load_event_keys(reader: &SqlitePool) -> Result<Mutex<EventKeys>> {
         took_ms = started.elapsed().as_millis() as u64,
         "Idempotency keys loaded."
     );
+    report_key_count(&keys);
     Ok(Mutex::new(keys))
+}
+
+/// Memory grows with the keys kept (about 50 bytes each): the gauge lets ops size for it.
+fn report_key_count(keys: &EventKeys) {
+    metrics::gauge!("callkeeper_idempotency_keys").set(keys.len() as f64);
 }
 
 fn lock(keys: &Mutex<EventKeys>) -> MutexGuard<'_, EventKeys> {
