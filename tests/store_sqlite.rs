@@ -1670,6 +1670,16 @@ async fn a_window_closed_on_arrival_is_stored_and_expires_without_a_due() {
     assert_ne!(h.create(PHONE, "support", t0()).await, id);
 }
 
+/// Hands a database an earlier release left (`pool` on `url`) to this release, as an upgrade
+/// does: the old connections close, and the store opens (migrating) with a fresh harness's
+/// settings.
+async fn upgrade(pool: &sqlx::SqlitePool, url: &str) -> (Harness, SqliteStore) {
+    pool.close().await;
+    let h = harness().await;
+    let store = open_store(url, &h.settings).await;
+    (h, store)
+}
+
 /// A database in `dir` as an earlier release left it: the migrations numbered up to and
 /// including `last` (`"0004"`) applied, none after. Returns its URL and a pool on it.
 async fn migrated_up_to(dir: &std::path::Path, last: &str) -> (String, sqlx::SqlitePool) {
@@ -1732,10 +1742,8 @@ async fn migration_0002_counts_outcomes_and_numbers_of_existing_attempts() {
             .await
             .unwrap();
         }
-        pool.close().await;
     }
-    let h = harness().await;
-    let store = open_store(&url, &h.settings).await;
+    let (_h, store) = upgrade(&pool, &url).await;
     let cb = store
         .list(&ListFilter::default())
         .await
@@ -1823,11 +1831,9 @@ async fn migration_0005_keeps_every_delivery_and_lets_a_digest_have_no_callback(
             .await
             .unwrap();
         }
-        pool.close().await;
     }
 
-    let h = harness().await;
-    let store = open_store(&url, &h.settings).await;
+    let (_h, store) = upgrade(&pool, &url).await;
     let at = |offset_ms: i64| DateTime::from_timestamp_millis(start + offset_ms).unwrap();
     let kept = |id: &str, url: &str| callkeeper::notify::Delivery {
         id: id.into(),
@@ -2106,10 +2112,8 @@ async fn migration_0007_keeps_every_idempotency_key() {
         .await
         .unwrap();
     }
-    pool.close().await;
 
-    let h = harness().await;
-    let store = open_store(&url, &h.settings).await;
+    let (h, store) = upgrade(&pool, &url).await;
     let known = |id: &str, fingerprint: &str| {
         event(id, fingerprint, Command::Request(request(PHONE, "support")))
     };

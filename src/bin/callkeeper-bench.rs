@@ -997,9 +997,8 @@ async fn ahead(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
         let rss_now = worker.current_rss_kib();
         let stopped = worker.terminate().await?;
         let stored = probe.count().await.unwrap_or(0);
-        let loaded = "Idempotency keys loaded.";
-        let keys_load = logged_number(&worker.log, loaded, "keys")
-            .zip(logged_number(&worker.log, loaded, "took_ms"));
+        let keys_load = last_logged(&worker.log, "Idempotency keys loaded.")
+            .and_then(|line| Some((line["keys"].as_u64()?, line["took_ms"].as_u64()?)));
 
         let mut late: Vec<f64> = rig
             .receiver
@@ -1177,20 +1176,14 @@ async fn add_event_keys(
         for _ in 0..rows {
             let id = format!("{:032x}", rand::random::<u128>());
             let fingerprint = format!("{:064x}", rand::random::<u128>());
-            if hashed {
-                let hash = callkeeper::store::key_hash(SOURCE, &id);
-                query = query
-                    .bind(SOURCE)
-                    .bind(id)
-                    .bind(fingerprint)
-                    .bind(applied_at)
-                    .bind(hash);
-            } else {
-                query = query
-                    .bind(SOURCE)
-                    .bind(id)
-                    .bind(fingerprint)
-                    .bind(applied_at);
+            let hash = hashed.then(|| callkeeper::store::key_hash(SOURCE, &id));
+            query = query
+                .bind(SOURCE)
+                .bind(id)
+                .bind(fingerprint)
+                .bind(applied_at);
+            if let Some(hash) = hash {
+                query = query.bind(hash);
             }
         }
         query.execute(&mut *conn).await?;
@@ -1653,15 +1646,14 @@ impl std::fmt::Display for Stopped {
     }
 }
 
-/// A numeric field of the worker's last log line saying `message`.
-fn logged_number(log: &Path, message: &str, field: &str) -> Option<u64> {
+/// The worker's last log line saying `message`, with its fields.
+fn last_logged(log: &Path, message: &str) -> Option<serde_json::Value> {
     std::fs::read_to_string(log)
         .ok()?
         .lines()
         .rev()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|line| line["message"] == message)?[field]
-        .as_u64()
+        .find(|line| line["message"] == message)
 }
 
 fn log_tail(path: &Path) -> String {

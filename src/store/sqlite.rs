@@ -161,9 +161,7 @@ impl SqliteStore {
     /// The keys in memory, loaded first if they are not yet. Intake waits here after a start
     /// (about 1.2 s at a million keys); firing and the API never need them.
     async fn event_keys(&self) -> Result<&Mutex<EventKeys>> {
-        self.event_keys
-            .get_or_try_init(|| load_event_keys(&self.reader))
-            .await
+        loaded_keys(&self.event_keys, &self.reader).await
     }
 
     /// Saves a changed (or new) callback, queues the deliveries for `notices` and writes the
@@ -602,7 +600,7 @@ impl Store for SqliteStore {
         // while the keys load, and intake waits for them (`event_keys`).
         let (keys, reader) = (self.event_keys.clone(), self.reader.clone());
         tokio::spawn(async move {
-            if let Err(error) = keys.get_or_try_init(|| load_event_keys(&reader)).await {
+            if let Err(error) = loaded_keys(&keys, &reader).await {
                 warn!(%error, "Loading the idempotency keys failed; intake tries again.");
             }
         });
@@ -624,9 +622,14 @@ impl Store for SqliteStore {
         let mut outcomes = Vec::with_capacity(batch.len());
         let keys = self.event_keys().await?;
         let mut tx = self.begin_write("intake").await?;
+        // Each key is hashed once: to look it up now, and to record it if it applies.
+        let hashes: Vec<i64> = batch
+            .iter()
+            .map(|event| key_hash(&event.key.source, &event.key.id))
+            .collect();
         // Keys and opt-outs are fetched for the whole batch up front (a few queries instead of
         // two per event) and kept current as events apply, so a later event sees an earlier one.
-        let mut fingerprints = known_fingerprints(&mut tx, keys, batch).await?;
+        let mut fingerprints = known_fingerprints(&mut tx, keys, &hashes).await?;
         let mut opted_out = opted_out_phones(&mut tx, batch, now).await?;
         // Requests are the bulk of intake. Their open callbacks are read for the rest of the
         // batch in a few queries and kept current here, and their rows are written at `commit`,
@@ -679,7 +682,7 @@ impl Store for SqliteStore {
                 InboundOutcome::Rejected(_) | InboundOutcome::Duplicate
             ) {
                 fingerprints.insert(key, event.fingerprint.clone());
-                applied.push(event);
+                applied.push((event, hashes[i]));
             }
             outcomes.push(outcome);
         }
@@ -1281,7 +1284,7 @@ async fn delete_where_in(
 ) -> Result<u64> {
     let sql = format!(
         "DELETE FROM {table} WHERE {column} IN ({})",
-        vec!["?"; values.len()].join(", ")
+        sql::in_list(values.len())
     );
     let mut query = sqlx::query(&sql);
     for value in values {
@@ -1300,8 +1303,8 @@ mod sql {
     /// The keys and fingerprints stored in `n` rows, by `seq`.
     pub fn event_keys_by_seq(n: usize) -> String {
         format!(
-            "SELECT seq, source, id, fingerprint FROM inbound_events WHERE seq IN ({})",
-            vec!["?"; n].join(", ")
+            "SELECT source, id, fingerprint FROM inbound_events WHERE seq IN ({})",
+            in_list(n)
         )
     }
 
@@ -1323,7 +1326,7 @@ mod sql {
     pub fn opted_out(n: usize) -> String {
         format!(
             "SELECT phone FROM opt_outs WHERE until > ? AND phone IN ({})",
-            vec!["?"; n].join(", ")
+            in_list(n)
         )
     }
 
@@ -1399,8 +1402,13 @@ mod sql {
 
     /// `(?, ?), (?, ?)` for `rows` rows of `columns` values.
     fn placeholders(rows: usize, columns: usize) -> String {
-        let row = format!("({})", vec!["?"; columns].join(", "));
+        let row = format!("({})", in_list(columns));
         vec![row; rows].join(", ")
+    }
+
+    /// `n` comma-separated placeholders, for an `IN (…)` list.
+    pub fn in_list(n: usize) -> String {
+        vec!["?"; n].join(", ")
     }
     pub const FIRE_TIMES: &str = "SELECT next_fire_at, id FROM callbacks \
          WHERE next_fire_at IS NOT NULL AND next_fire_at <= ? \
@@ -1447,7 +1455,7 @@ mod sql {
     pub fn open_for_phones(n: usize) -> String {
         format!(
             "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE phone IN ({}) AND +{OPEN}",
-            vec!["?"; n].join(", ")
+            in_list(n)
         )
     }
 
@@ -1481,7 +1489,7 @@ mod sql {
     pub fn callbacks_by_id(n: usize) -> String {
         format!(
             "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE id IN ({})",
-            vec!["?"; n].join(", ")
+            in_list(n)
         )
     }
 
@@ -1492,7 +1500,7 @@ mod sql {
         format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries \
              WHERE +state = 'pending' AND next_try_at <= ? AND id IN ({})",
-            vec!["?"; n].join(", ")
+            in_list(n)
         )
     }
 
@@ -1558,18 +1566,18 @@ mod sql {
 
 type EventKeyText = (String, String);
 
-/// Fingerprints of the batch's keys that were already applied. Only rows the map points
-/// to are read, and a row counts only when its key is the event's own.
+/// Stored fingerprints by key, for the batch's key `hashes`. Only rows the map points to are
+/// read; the caller matches each event by its own key, so a row under a shared hash is harmless.
 async fn known_fingerprints(
     conn: &mut SqliteConnection,
     keys: &Mutex<EventKeys>,
-    batch: &[Inbound],
+    hashes: &[i64],
 ) -> Result<HashMap<EventKeyText, String>> {
     let seqs: Vec<i64> = {
         let keys = lock(keys);
-        batch
+        hashes
             .iter()
-            .flat_map(|event| keys.candidates(key_hash(&event.key.source, &event.key.id)))
+            .flat_map(|&hash| keys.candidates(hash))
             .collect::<HashSet<i64>>()
             .into_iter()
             .collect()
@@ -1577,11 +1585,11 @@ async fn known_fingerprints(
     let mut known = HashMap::new();
     for chunk in seqs.chunks(sql::CHUNK) {
         let sql = sql::event_keys_by_seq(chunk.len());
-        let mut query = sqlx::query_as::<_, (i64, String, String, String)>(&sql);
+        let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
         for seq in chunk {
             query = query.bind(seq);
         }
-        for (_, source, id, fingerprint) in query.fetch_all(&mut *conn).await? {
+        for (source, id, fingerprint) in query.fetch_all(&mut *conn).await? {
             known.insert((source, id), fingerprint);
         }
     }
@@ -1594,22 +1602,18 @@ async fn known_fingerprints(
 async fn record_events(
     conn: &mut SqliteConnection,
     keys: &Mutex<EventKeys>,
-    events: &[&Inbound],
+    events: &[(&Inbound, i64)],
     now: DateTime<Utc>,
 ) -> Result {
     let first = lock(keys).reserve(events.len());
-    let hashes: Vec<i64> = events
-        .iter()
-        .map(|event| key_hash(&event.key.source, &event.key.id))
-        .collect();
     for (chunk_index, chunk) in events.chunks(sql::CHUNK).enumerate() {
         let offset = chunk_index * sql::CHUNK;
         let sql = sql::record_events(chunk.len());
         let mut query = sqlx::query(&sql);
-        for (i, event) in chunk.iter().enumerate() {
+        for (i, (event, hash)) in chunk.iter().enumerate() {
             query = query
                 .bind(first + (offset + i) as i64)
-                .bind(hashes[offset + i])
+                .bind(hash)
                 .bind(&event.key.source)
                 .bind(&event.key.id)
                 .bind(&event.fingerprint)
@@ -1618,11 +1622,19 @@ async fn record_events(
         query.execute(&mut *conn).await?;
     }
     let mut keys = lock(keys);
-    for (i, hash) in hashes.into_iter().enumerate() {
-        keys.insert(hash, first + i as i64);
+    for (i, (_, hash)) in events.iter().enumerate() {
+        keys.insert(*hash, first + i as i64);
     }
     report_key_count(&keys);
     Ok(())
+}
+
+/// The keys in `cell`, loaded once by whoever asks first (the start-up task or intake).
+async fn loaded_keys<'a>(
+    cell: &'a tokio::sync::OnceCell<Mutex<EventKeys>>,
+    reader: &SqlitePool,
+) -> Result<&'a Mutex<EventKeys>> {
+    cell.get_or_try_init(|| load_event_keys(reader)).await
 }
 
 /// Reads every stored key's hash and `seq` into memory, a range of rows at a time, on a reader
