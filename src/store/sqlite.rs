@@ -62,6 +62,14 @@ pub struct SqliteStore {
     settings: StoreSettings,
 }
 
+/// Both pools skip sqlx's ping before handing out a connection: the database is a file in
+/// this process, so the ping tests nothing, and it cost a round trip to the connection's
+/// thread on every read and every write transaction (about 2 % of the worker's CPU while
+/// firing, BENCHMARKS.md). A statement on a broken connection still fails with its error.
+fn pool_options() -> SqlitePoolOptions {
+    SqlitePoolOptions::new().test_before_acquire(false)
+}
+
 impl SqliteStore {
     /// Opens (creating when missing, parent folder too) the SQLite file named by `url`
     /// (`sqlite://path/to/file.db`). Does not migrate; call [`Store::migrate`].
@@ -80,7 +88,7 @@ impl SqliteStore {
                 }
             }
         }
-        let writer = SqlitePoolOptions::new()
+        let writer = pool_options()
             .min_connections(1)
             .max_connections(1)
             // Keep the one connection for good: reopening costs, and an in-memory database
@@ -103,7 +111,7 @@ impl SqliteStore {
         let reader = if in_memory {
             writer.clone()
         } else {
-            SqlitePoolOptions::new()
+            pool_options()
                 .max_connections(READERS)
                 .connect_with(base.pragma("query_only", "ON"))
                 .await?
