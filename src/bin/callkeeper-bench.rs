@@ -323,13 +323,18 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             .publish_range("", &ceiling_queue, 0..n, bodies)
             .await?;
         eprintln!("backlog: bare consumer on the same {n} messages…");
+        let broker_pid = local_broker_pid(&env.amqp_url);
+        let broker_at_ceiling = CpuSpan::start(broker_pid);
         let ceiling_time = bare_consumer(&env.amqp_url, &ceiling_queue, prefetch, n).await?;
+        let broker_at_ceiling = CpuSpan::describe(broker_at_ceiling.as_ref(), n, "message");
         broker.delete_queue(&ceiling_queue).await;
         let ceiling_rate = n as f64 / ceiling_time.as_secs_f64();
 
         eprintln!("backlog: starting the worker on the full queue…");
         let intake = rig.config.amqp.queue.clone();
         let mut worker = rig.spawn_worker()?;
+        let (worker_cpu, broker_cpu) =
+            (CpuSpan::start(Some(worker.pid)), CpuSpan::start(broker_pid));
         let mut probe = StoreProbe::new(&rig.db);
         let mut ready_after = None;
         let drained = loop {
@@ -348,6 +353,8 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        let worker_cpu = CpuSpan::describe(worker_cpu.as_ref(), n, "message");
+        let broker_cpu = CpuSpan::describe(broker_cpu.as_ref(), n, "message");
         // Acks follow commits; after the stop anything unacked would be back in the queue.
         let stopped = worker.terminate().await?;
         let left = broker.depth(&intake).await?;
@@ -381,6 +388,17 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             ),
         );
         report.figure("backlog", "ratio worker / ceiling", format!("{ratio:.2}"));
+        // What each side costs on these cores: the budget that decides the ratio.
+        report.figure(
+            "backlog",
+            "CPU (user + system): worker while draining",
+            worker_cpu,
+        );
+        report.figure(
+            "backlog",
+            "CPU: RabbitMQ while feeding the worker / the bare consumer",
+            format!("{broker_cpu} / {broker_at_ceiling}"),
+        );
         report.figure(
             "backlog",
             "left in queue after stop",
@@ -522,6 +540,10 @@ async fn storm(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
                     .await
             }));
         }
+        let (worker_cpu, broker_cpu) = (
+            CpuSpan::start(Some(worker.pid)),
+            CpuSpan::start(local_broker_pid(&env.amqp_url)),
+        );
         tokio::time::sleep(sizes.storm).await;
         stop_publishing.cancel();
         let mut published = 0;
@@ -531,6 +553,11 @@ async fn storm(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
         let storm_time = started.elapsed();
         let mut probe = StoreProbe::new(&rig.db);
         let stored_at_stop = probe.count().await.unwrap_or(0);
+        let storm_cpu = format!(
+            "{} / {}",
+            CpuSpan::describe(worker_cpu.as_ref(), stored_at_stop, "request stored"),
+            CpuSpan::describe(broker_cpu.as_ref(), published, "request published"),
+        );
         let depth_samples = samples.lock().expect("samples lock").clone();
 
         // Then let the worker finish what is left, within a bound: a worker much slower than
@@ -586,6 +613,11 @@ async fn storm(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
             "storm",
             "ratio worker / publishers",
             format!("{:.2}", consume_rate / publish_rate.max(1.0)),
+        );
+        report.figure(
+            "storm",
+            "CPU while publishing: worker / RabbitMQ",
+            storm_cpu,
         );
         report.figure(
             "storm",
@@ -1493,6 +1525,66 @@ fn clock_ticks_per_second() -> f64 {
     })
 }
 
+/// CPU time a process used so far (user + system, all threads), from `/proc/<pid>/stat`.
+fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks_per_second())
+}
+
+/// The local RabbitMQ's Erlang VM (`beam.smp`), so the report can say what the broker's side
+/// costs on the same cores. `None` when the AMQP URL names another host.
+fn local_broker_pid(amqp_url: &str) -> Option<u32> {
+    let host = amqp_url.parse::<lapin::uri::AMQPUri>().ok()?.authority.host;
+    if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]") {
+        return None;
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim() == "beam.smp").then_some(pid)
+        })
+}
+
+/// One process's CPU time over a stretch of wall time.
+struct CpuSpan {
+    pid: u32,
+    cpu: f64,
+    wall: Instant,
+}
+
+impl CpuSpan {
+    fn start(pid: Option<u32>) -> Option<Self> {
+        let pid = pid?;
+        Some(Self {
+            pid,
+            cpu: cpu_seconds_of(pid)?,
+            wall: Instant::now(),
+        })
+    }
+
+    /// "1.1 cores, 48 µs per message": cores used over the span and CPU per item handled.
+    fn describe(span: Option<&Self>, items: u64, item: &str) -> String {
+        let measured = span.and_then(|span| {
+            let cpu = cpu_seconds_of(span.pid)? - span.cpu;
+            Some((cpu, span.wall.elapsed().as_secs_f64()))
+        });
+        match measured {
+            Some((cpu, wall)) => format!(
+                "{:.2} cores, {:.0} µs per {item}",
+                cpu / wall.max(1e-9),
+                cpu * 1e6 / items.max(1) as f64
+            ),
+            None => "not measured (no local process)".into(),
+        }
+    }
+}
+
 /// The `callkeeper run` child process.
 struct WorkerProcess {
     child: tokio::process::Child,
@@ -1585,15 +1677,10 @@ impl WorkerProcess {
         self.status_field("VmRSS:")
     }
 
-    /// CPU time the worker used so far (user + system, all threads), from `/proc/<pid>/stat`.
-    /// Steadier than latency from run to run, so it shows what a change costs or saves.
+    /// CPU time the worker used so far (user + system, all threads). Steadier than latency
+    /// from run to run, so it shows what a change costs or saves.
     fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        // After the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(ticks as f64 / clock_ticks_per_second())
+        cpu_seconds_of(self.pid)
     }
 
     /// SIGTERM, then waits up to a minute for the exit; records the peak RSS first. A worker
