@@ -1425,16 +1425,7 @@ async fn a_failed_batch_applies_nothing_and_the_store_recovers() {
 async fn concurrent_writers_and_readers_do_not_collide() {
     let h = Arc::new(harness().await);
     let ids: Vec<CallbackId> = {
-        let batch: Vec<Inbound> = (0..20)
-            .map(|i| {
-                let number = format!("+316123456{i:02}");
-                event(
-                    &format!("c{i}"),
-                    "fp",
-                    Command::Request(request(&number, "support")),
-                )
-            })
-            .collect();
+        let batch = distinct_requests("c", 20);
         h.store
             .apply_inbound(&batch, t0())
             .await

@@ -737,15 +737,12 @@ async fn ontime(
         if let Ok(wait) = (first_due - Utc::now()).to_std() {
             tokio::time::sleep(wait).await;
         }
-        let cpu_before_firing = worker.cpu_seconds();
+        let firing = CpuSpan::start(Some(worker.pid));
         while rig.receiver.count("callback.due") < total as usize && Utc::now() < give_up {
             worker.check_alive()?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let firing_cpu = worker
-            .cpu_seconds()
-            .zip(cpu_before_firing)
-            .map(|(after, before)| after - before);
+        let firing_cpu = firing.as_ref().and_then(CpuSpan::used).map(|(cpu, _)| cpu);
         let stopped = worker.terminate().await?;
 
         let arrivals = rig.receiver.arrivals();
@@ -1551,7 +1548,8 @@ fn local_broker_pid(amqp_url: &str) -> Option<u32> {
         })
 }
 
-/// One process's CPU time over a stretch of wall time.
+/// One process's CPU time over a stretch of wall time. Steadier than latency from run to run,
+/// so it shows what a change costs or saves.
 struct CpuSpan {
     pid: u32,
     cpu: f64,
@@ -1568,13 +1566,15 @@ impl CpuSpan {
         })
     }
 
+    /// CPU seconds used since the start, and wall seconds passed.
+    fn used(&self) -> Option<(f64, f64)> {
+        let cpu = cpu_seconds_of(self.pid)? - self.cpu;
+        Some((cpu, self.wall.elapsed().as_secs_f64()))
+    }
+
     /// "1.1 cores, 48 µs per message": cores used over the span and CPU per item handled.
     fn describe(span: Option<&Self>, items: u64, item: &str) -> String {
-        let measured = span.and_then(|span| {
-            let cpu = cpu_seconds_of(span.pid)? - span.cpu;
-            Some((cpu, span.wall.elapsed().as_secs_f64()))
-        });
-        match measured {
+        match span.and_then(Self::used) {
             Some((cpu, wall)) => format!(
                 "{:.2} cores, {:.0} µs per {item}",
                 cpu / wall.max(1e-9),
@@ -1675,12 +1675,6 @@ impl WorkerProcess {
 
     fn current_rss_kib(&self) -> Option<u64> {
         self.status_field("VmRSS:")
-    }
-
-    /// CPU time the worker used so far (user + system, all threads). Steadier than latency
-    /// from run to run, so it shows what a change costs or saves.
-    fn cpu_seconds(&self) -> Option<f64> {
-        cpu_seconds_of(self.pid)
     }
 
     /// SIGTERM, then waits up to a minute for the exit; records the peak RSS first. A worker

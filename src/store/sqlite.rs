@@ -628,13 +628,14 @@ impl Store for SqliteStore {
         let now = truncate(now);
         let mut effects = Effects::default();
         let mut outcomes = Vec::with_capacity(batch.len());
-        let keys = self.event_keys().await?;
-        let mut tx = self.begin_write("intake").await?;
-        // Each key is hashed once: to look it up now, and to record it if it applies.
+        // Each key is hashed once, before the writer is taken: to look it up now, and to
+        // record it if it applies.
         let hashes: Vec<i64> = batch
             .iter()
             .map(|event| key_hash(&event.key.source, &event.key.id))
             .collect();
+        let keys = self.event_keys().await?;
+        let mut tx = self.begin_write("intake").await?;
         // Keys and opt-outs are fetched for the whole batch up front (a few queries instead of
         // two per event) and kept current as events apply, so a later event sees an earlier one.
         let mut fingerprints = known_fingerprints(&mut tx, keys, &hashes).await?;
@@ -1683,7 +1684,6 @@ async fn load_event_keys(reader: &SqlitePool) -> Result<Mutex<EventKeys>> {
     while let Some((seq, source, id)) = copied.try_next().await? {
         keys.insert(key_hash(&source, &id), seq);
     }
-    drop(copied);
     info!(
         keys = keys.len(),
         took_ms = started.elapsed().as_millis() as u64,
