@@ -268,7 +268,12 @@ async fn scenario(
 ) -> anyhow::Result<Option<f64>> {
     match which {
         Which::Backlog => backlog(env, sizes, report).await.map(Some),
-        Which::Storm => storm(env, sizes, report).await.map(|()| None),
+        Which::Storm => {
+            storm(env, sizes, StormLoad::DueNow, report).await?;
+            storm(env, sizes, StormLoad::DueLater, report)
+                .await
+                .map(|()| None)
+        }
         Which::Ontime => ontime(env, sizes, intake_rate, report).await.map(|()| None),
         Which::Ahead => ahead(env, sizes, report).await.map(|()| None),
         Which::All => Ok(None),
@@ -353,6 +358,7 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        let worker_waited = CpuSpan::describe_runnable_wait(worker_cpu.as_ref());
         let worker_cpu = CpuSpan::describe(worker_cpu.as_ref(), n, "message");
         let broker_cpu = CpuSpan::describe(broker_cpu.as_ref(), n, "message");
         // Acks follow commits; after the stop anything unacked would be back in the queue.
@@ -393,6 +399,11 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             "backlog",
             "CPU (user + system): worker while draining",
             worker_cpu,
+        );
+        report.figure(
+            "backlog",
+            "worker runnable but without a core, while draining",
+            worker_waited,
         );
         report.figure(
             "backlog",
@@ -486,8 +497,41 @@ async fn bare_consumer(url: &str, queue: &str, prefetch: u16, n: u64) -> anyhow:
 // ---------------------------------------------------------------------------------------------
 // Scenario 2: live storm.
 
-async fn storm(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
-    let rig = Rig::new(env, "storm").await?;
+/// What the storm's requests ask for. The target is measured with `DueNow`; `DueLater` runs
+/// the same storm again with intake alone, to show how much of a request's cost is intake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StormLoad {
+    /// As soon as possible: each request is also fired and webhooked while the storm runs.
+    DueNow,
+    /// In an hour: the worker only stores and acks.
+    DueLater,
+}
+
+impl StormLoad {
+    /// The report's scenario column, and the rig's name.
+    fn label(self) -> &'static str {
+        match self {
+            StormLoad::DueNow => "storm",
+            StormLoad::DueLater => "storm, intake only",
+        }
+    }
+
+    fn due(self) -> Option<DateTime<Utc>> {
+        match self {
+            StormLoad::DueNow => None,
+            StormLoad::DueLater => Some(Utc::now() + chrono::Duration::hours(1)),
+        }
+    }
+}
+
+async fn storm(
+    env: &Env,
+    sizes: &Sizes,
+    load: StormLoad,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let label = load.label();
+    let rig = Rig::new(env, &label.replace(", ", "-").replace(' ', "-")).await?;
     let result = async {
         let mut worker = rig.spawn_worker()?;
         worker.wait_ready(Duration::from_secs(60)).await?;
@@ -521,7 +565,7 @@ async fn storm(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
         };
 
         eprintln!(
-            "storm: {STORM_PUBLISHERS} publishers flat out for {} while the worker consumes…",
+            "{label}: {STORM_PUBLISHERS} publishers flat out for {} while the worker consumes…",
             secs(sizes.storm)
         );
         let stop_publishing = CancellationToken::new();
@@ -535,7 +579,7 @@ async fn storm(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
             publishers.push(tokio::spawn(async move {
                 publisher
                     .publish_until(&exchange, "callback.requested", &stop, &next, |i| {
-                        request_body(i, None)
+                        request_body(i, load.due())
                     })
                     .await
             }));
@@ -558,6 +602,7 @@ async fn storm(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
             CpuSpan::describe(worker_cpu.as_ref(), stored_at_stop, "request stored"),
             CpuSpan::describe(broker_cpu.as_ref(), published, "request published"),
         );
+        let worker_waited = CpuSpan::describe_runnable_wait(worker_cpu.as_ref());
         let depth_samples = samples.lock().expect("samples lock").clone();
 
         // Then let the worker finish what is left, within a bound: a worker much slower than
@@ -592,40 +637,52 @@ async fn storm(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
         let publish_rate = published as f64 / storm_time.as_secs_f64();
         let consume_rate = stored_at_stop as f64 / storm_time.as_secs_f64();
 
-        report.target(
-            "Storm: intake depth growth while publishers run flat out",
-            format!("{slope:+.0} msg/s (peak {})", thousands(peak)),
-            "bounded (no growth)",
-            bounded,
-        );
-        report.figure("storm", "publishers", format!("{STORM_PUBLISHERS} × {CONFIRM_WINDOW} confirms in flight"));
+        match load {
+            StormLoad::DueNow => report.target(
+                "Storm: intake depth growth while publishers run flat out",
+                format!("{slope:+.0} msg/s (peak {})", thousands(peak)),
+                "bounded (no growth)",
+                bounded,
+            ),
+            StormLoad::DueLater => report.figure(
+                label,
+                "requests",
+                "due in an hour, so nothing fires during the storm".into(),
+            ),
+        }
+        report.figure(label, "publishers", format!("{STORM_PUBLISHERS} × {CONFIRM_WINDOW} confirms in flight"));
         report.figure(
-            "storm",
+            label,
             "published (confirmed)",
             format!("{} in {} ({}/s)", thousands(published), secs(storm_time), thousands(publish_rate as u64)),
         );
         report.figure(
-            "storm",
+            label,
             "worker sustained rate",
             format!("{}/s ({} stored while publishing)", thousands(consume_rate as u64), thousands(stored_at_stop)),
         );
         report.figure(
-            "storm",
+            label,
             "ratio worker / publishers",
             format!("{:.2}", consume_rate / publish_rate.max(1.0)),
         );
         report.figure(
-            "storm",
+            label,
             "CPU while publishing: worker / RabbitMQ",
             storm_cpu,
         );
         report.figure(
-            "storm",
+            label,
+            "worker runnable but without a core, while publishing",
+            worker_waited,
+        );
+        report.figure(
+            label,
             "queue depth: peak / at stop",
             format!("{} / {}", thousands(peak), thousands(last_depth)),
         );
         report.figure(
-            "storm",
+            label,
             "queue depth slope",
             format!("{slope:+.1} msg/s (grew: {})", yes_no(!bounded)),
         );
@@ -638,9 +695,9 @@ async fn storm(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<
                 secs(Duration::from_secs_f64(left as f64 / consume_rate.max(1.0)))
             ),
         };
-        report.figure("storm", "drain", drain);
-        report.figure("storm", "peak RSS of the worker", kib(worker.peak_rss_kib));
-        report.figure("storm", "SIGTERM to exit", stopped.to_string());
+        report.figure(label, "drain", drain);
+        report.figure(label, "peak RSS of the worker", kib(worker.peak_rss_kib));
+        report.figure(label, "SIGTERM to exit", stopped.to_string());
         Ok(())
     }
     .await;
@@ -1531,6 +1588,24 @@ fn cpu_seconds_of(pid: u32) -> Option<f64> {
     Some(ticks as f64 / clock_ticks_per_second())
 }
 
+/// Time a process's threads spent runnable but waiting for a core, so far (summed over the
+/// threads alive now), from `/proc/<pid>/task/*/schedstat`: it shows when the cores are the
+/// limit rather than anything the process waits for.
+fn runnable_wait_seconds_of(pid: u32) -> Option<f64> {
+    let mut waited_ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        // Fields: time on a core, time waiting on a run queue (both ns), timeslices run.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue; // the thread ended meanwhile
+        };
+        waited_ns += stat.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    }
+    Some(waited_ns as f64 / 1e9)
+}
+
 /// The local RabbitMQ's Erlang VM (`beam.smp`), so the report can say what the broker's side
 /// costs on the same cores. `None` when the AMQP URL names another host.
 fn local_broker_pid(amqp_url: &str) -> Option<u32> {
@@ -1553,6 +1628,7 @@ fn local_broker_pid(amqp_url: &str) -> Option<u32> {
 struct CpuSpan {
     pid: u32,
     cpu: f64,
+    runnable_wait: Option<f64>,
     wall: Instant,
 }
 
@@ -1562,6 +1638,7 @@ impl CpuSpan {
         Some(Self {
             pid,
             cpu: cpu_seconds_of(pid)?,
+            runnable_wait: runnable_wait_seconds_of(pid),
             wall: Instant::now(),
         })
     }
@@ -1581,6 +1658,19 @@ impl CpuSpan {
                 cpu * 1e6 / items.max(1) as f64
             ),
             None => "not measured (no local process)".into(),
+        }
+    }
+
+    /// "1.4 s per second": how long the process's threads, together, were ready to run but
+    /// had no core, per second of the span.
+    fn describe_runnable_wait(span: Option<&Self>) -> String {
+        let waited = span.and_then(|span| {
+            let waited = runnable_wait_seconds_of(span.pid)? - span.runnable_wait?;
+            Some(waited / span.wall.elapsed().as_secs_f64().max(1e-9))
+        });
+        match waited {
+            Some(waited) => format!("{waited:.2} s per second, summed over its threads"),
+            None => "not measured (no schedstat)".into(),
         }
     }
 }
