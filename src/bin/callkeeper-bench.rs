@@ -499,7 +499,7 @@ async fn bare_consumer(url: &str, queue: &str, prefetch: u16, n: u64) -> anyhow:
 
 /// What the storm's requests ask for. The target is measured with `DueNow`; `DueLater` runs
 /// the same storm again with intake alone, to show how much of a request's cost is intake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum StormLoad {
     /// As soon as possible: each request is also fired and webhooked while the storm runs.
     DueNow,
@@ -508,7 +508,7 @@ enum StormLoad {
 }
 
 impl StormLoad {
-    /// The report's scenario column, and the rig's name.
+    /// The report's scenario column.
     fn label(self) -> &'static str {
         match self {
             StormLoad::DueNow => "storm",
@@ -516,6 +516,15 @@ impl StormLoad {
         }
     }
 
+    /// The rig's name, part of queue and folder names.
+    fn rig_name(self) -> &'static str {
+        match self {
+            StormLoad::DueNow => "storm",
+            StormLoad::DueLater => "storm-intake-only",
+        }
+    }
+
+    /// The requests' `not_before`, fixed when the storm starts.
     fn due(self) -> Option<DateTime<Utc>> {
         match self {
             StormLoad::DueNow => None,
@@ -531,7 +540,7 @@ async fn storm(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let label = load.label();
-    let rig = Rig::new(env, &label.replace(", ", "-").replace(' ', "-")).await?;
+    let rig = Rig::new(env, load.rig_name()).await?;
     let result = async {
         let mut worker = rig.spawn_worker()?;
         worker.wait_ready(Duration::from_secs(60)).await?;
@@ -570,6 +579,7 @@ async fn storm(
         );
         let stop_publishing = CancellationToken::new();
         let next = Arc::new(AtomicU64::new(0));
+        let due = load.due();
         let mut publishers = Vec::new();
         for _ in 0..STORM_PUBLISHERS {
             let publisher = Publisher::connect(&env.amqp_url).await?;
@@ -579,7 +589,7 @@ async fn storm(
             publishers.push(tokio::spawn(async move {
                 publisher
                     .publish_until(&exchange, "callback.requested", &stop, &next, |i| {
-                        request_body(i, load.due())
+                        request_body(i, due)
                     })
                     .await
             }));
