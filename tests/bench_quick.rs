@@ -6,13 +6,17 @@
 use std::process::Command;
 
 /// A figure from each scenario, as the report's table rows start.
-const EXPECTED_ROWS: [&str; 21] = [
+const EXPECTED_ROWS: [&str; 25] = [
     "| backlog | worker: start to all stored |",
     "| backlog | bare consumer (ack only) |",
     "| backlog | ratio worker / ceiling |",
     "| backlog | CPU (user + system): worker while draining |",
     "| backlog | worker runnable but without a core, while draining |",
     "| backlog | CPU: RabbitMQ while feeding the worker / the bare consumer |",
+    "| backlog | bare consumer + SQLite alone (broker and store, no client) |",
+    "| storm, bare consumer | bare consumer sustained rate |",
+    "| storm, bare consumer | queue depth slope |",
+    "| storm, bare consumer | CPU while publishing: RabbitMQ / the bench (publishers and consumer) |",
     "| storm | worker sustained rate |",
     "| storm | CPU while publishing: worker / RabbitMQ |",
     "| storm | queue depth: peak / at stop |",

@@ -269,6 +269,7 @@ async fn scenario(
     match which {
         Which::Backlog => backlog(env, sizes, report).await.map(Some),
         Which::Storm => {
+            storm_ceiling(env, sizes, report).await?;
             storm(env, sizes, StormLoad::DueNow, report).await?;
             storm(env, sizes, StormLoad::DueLater, report)
                 .await
@@ -330,7 +331,16 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
         eprintln!("backlog: bare consumer on the same {n} messages…");
         let broker_pid = local_broker_pid(&env.amqp_url);
         let broker_at_ceiling = CpuSpan::start(broker_pid);
-        let ceiling_time = bare_consumer(&env.amqp_url, &ceiling_queue, prefetch, n).await?;
+        let ceiling_time = bare_consumer(
+            &env.amqp_url,
+            &ceiling_queue,
+            prefetch,
+            n,
+            &CancellationToken::new(),
+            &AtomicU64::new(0),
+            async |_| Ok(()),
+        )
+        .await?;
         let broker_at_ceiling = CpuSpan::describe(broker_at_ceiling.as_ref(), n, "message");
         broker.delete_queue(&ceiling_queue).await;
         let ceiling_rate = n as f64 / ceiling_time.as_secs_f64();
@@ -443,6 +453,46 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             "worker / SQLite alone",
             format!("{:.2}", worker_rate / floor_rate),
         );
+
+        // The broker and the store together with no client between them: the same writes, one
+        // transaction per batch of what has arrived, acked after its commit. The bound any
+        // intake meets on this broker, schema and disk, sharing these cores as the worker does.
+        let bound_queue = format!("{}.ceiling", rig.names);
+        broker.declare_quorum(&bound_queue).await?;
+        publisher
+            .publish_range("", &bound_queue, 0..floor_n, bodies)
+            .await?;
+        eprintln!("backlog: bare consumer writing SQLite alone's rows per batch…");
+        let mut floor = StoreFloor::open(&rig.db).await?;
+        let bound = bare_consumer(
+            &env.amqp_url,
+            &bound_queue,
+            prefetch,
+            floor_n,
+            &CancellationToken::new(),
+            &AtomicU64::new(0),
+            async |rows| floor.write(rows).await.map(drop),
+        )
+        .await?;
+        floor.close().await?;
+        broker.delete_queue(&bound_queue).await;
+        let bound_rate = floor_n as f64 / bound.as_secs_f64();
+        report.figure(
+            "backlog",
+            "bare consumer + SQLite alone (broker and store, no client)",
+            format!(
+                "{} more in {} ({}/s, {:.2} of the ceiling)",
+                thousands(floor_n),
+                secs(bound),
+                thousands(bound_rate as u64),
+                bound_rate / ceiling_rate
+            ),
+        );
+        report.figure(
+            "backlog",
+            "worker / bare consumer + SQLite alone",
+            format!("{:.2}", worker_rate / bound_rate),
+        );
         Ok(worker_rate)
     }
     .await;
@@ -450,9 +500,20 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
     result
 }
 
-/// Consumes `n` messages from `queue`, acking each batch of what has arrived with one
-/// multiple-ack, and returns the time from `basic.consume` to the last ack.
-async fn bare_consumer(url: &str, queue: &str, prefetch: u16, n: u64) -> anyhow::Result<Duration> {
+/// Consumes from `queue` as the worker takes its batches (one multiple-ack for each batch of
+/// what has arrived), until `n` are acked or `stop` is cancelled. Before each ack it runs
+/// `before_ack` with the batch's size, and nothing else. Counts what it acked in `acked`, so a
+/// caller can read the rate while it runs, and returns the time from `basic.consume` to the
+/// last ack.
+async fn bare_consumer(
+    url: &str,
+    queue: &str,
+    prefetch: u16,
+    n: u64,
+    stop: &CancellationToken,
+    acked: &AtomicU64,
+    mut before_ack: impl AsyncFnMut(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<Duration> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel
@@ -467,27 +528,32 @@ async fn bare_consumer(url: &str, queue: &str, prefetch: u16, n: u64) -> anyhow:
             FieldTable::default(),
         )
         .await?;
-    let limit = usize::from(prefetch.max(1));
+    let limit = u64::from(prefetch.max(1));
     let mut got = 0;
     while got < n {
-        let mut last = consumer.next().await.context("the consumer ended")??;
-        got += 1;
+        let first = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        let mut last = first.context("the consumer ended")??;
         let mut batch = 1;
-        while batch < limit && got < n {
+        while batch < limit && got + batch < n {
             match consumer.next().now_or_never() {
                 Some(Some(delivery)) => {
                     last = delivery?;
-                    got += 1;
                     batch += 1;
                 }
                 Some(None) => bail!("the consumer ended"),
                 None => break,
             }
         }
+        before_ack(batch).await?;
         ensure!(
             last.acker.ack(BasicAckOptions { multiple: true }).await?,
             "the ack was lost"
         );
+        got += batch;
+        acked.fetch_add(batch, Ordering::Relaxed);
     }
     let elapsed = started.elapsed();
     let _ = connection.close(200, "done".into()).await;
@@ -533,6 +599,211 @@ impl StormLoad {
     }
 }
 
+/// Publishers flat out into the intake exchange for the storm's duration, while the intake
+/// queue's depth is sampled: the load of every storm, whoever consumes.
+struct FlatOut {
+    /// Confirmed publishes.
+    published: u64,
+    /// From the start of publishing to the last confirm.
+    took: Duration,
+    /// (seconds since the start, ready messages), every [`DEPTH_SAMPLE`].
+    samples: Vec<(f64, u64)>,
+}
+
+impl FlatOut {
+    async fn run(
+        env: &Env,
+        exchange: &str,
+        queue: &str,
+        duration: Duration,
+        due: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<Self> {
+        let samples = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));
+        let stop_sampling = CancellationToken::new();
+        let started = Instant::now();
+        let sampler = {
+            let samples = samples.clone();
+            let stop = stop_sampling.clone();
+            let broker = Broker::connect(&env.amqp_url).await?;
+            let queue = queue.to_owned();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(DEPTH_SAMPLE);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    if let Ok(depth) = broker.depth(&queue).await {
+                        let at = started.elapsed().as_secs_f64();
+                        samples.lock().expect("samples lock").push((at, depth));
+                    }
+                }
+            })
+        };
+        let stop_publishing = CancellationToken::new();
+        let next = Arc::new(AtomicU64::new(0));
+        let mut publishers = Vec::new();
+        for _ in 0..STORM_PUBLISHERS {
+            let publisher = Publisher::connect(&env.amqp_url).await?;
+            let exchange = exchange.to_owned();
+            let stop = stop_publishing.clone();
+            let next = next.clone();
+            publishers.push(tokio::spawn(async move {
+                publisher
+                    .publish_until(&exchange, "callback.requested", &stop, &next, |i| {
+                        request_body(i, due)
+                    })
+                    .await
+            }));
+        }
+        tokio::time::sleep(duration).await;
+        stop_publishing.cancel();
+        let mut published = 0;
+        for publisher in publishers {
+            published += publisher.await??;
+        }
+        let took = started.elapsed();
+        stop_sampling.cancel();
+        let _ = sampler.await;
+        let samples = samples.lock().expect("samples lock").clone();
+        Ok(Self {
+            published,
+            took,
+            samples,
+        })
+    }
+
+    /// Rate of `n` over the storm, per second.
+    fn rate(&self, n: u64) -> f64 {
+        n as f64 / self.took.as_secs_f64()
+    }
+
+    /// Least-squares slope of the depth, in messages per second.
+    fn slope(&self) -> f64 {
+        slope(&self.samples)
+    }
+
+    /// Bounded: over the whole storm the depth grew by less than two prefetch windows.
+    fn bounded(&self, prefetch: u16) -> bool {
+        self.slope() * self.took.as_secs_f64() < 2.0 * f64::from(prefetch)
+    }
+
+    fn peak(&self) -> u64 {
+        self.samples.iter().map(|s| s.1).max().unwrap_or(0)
+    }
+
+    /// The rows every storm reports: the publishers, what `consumer` took in while they ran
+    /// (`taken` of them, `done` being what it does with each), and the queue's depth.
+    fn report(
+        &self,
+        label: &str,
+        (consumer, done, taken): (&str, &str, u64),
+        prefetch: u16,
+        report: &mut Report,
+    ) {
+        let publish_rate = self.rate(self.published);
+        let consume_rate = self.rate(taken);
+        report.figure(
+            label,
+            "publishers",
+            format!("{STORM_PUBLISHERS} × {CONFIRM_WINDOW} confirms in flight"),
+        );
+        report.figure(
+            label,
+            "published (confirmed)",
+            format!(
+                "{} in {} ({}/s)",
+                thousands(self.published),
+                secs(self.took),
+                thousands(publish_rate as u64)
+            ),
+        );
+        report.figure(
+            label,
+            &format!("{consumer} sustained rate"),
+            format!(
+                "{}/s ({} {done} while publishing)",
+                thousands(consume_rate as u64),
+                thousands(taken)
+            ),
+        );
+        report.figure(
+            label,
+            &format!("ratio {consumer} / publishers"),
+            format!("{:.2}", consume_rate / publish_rate.max(1.0)),
+        );
+        let last = self.samples.last().map_or(0, |s| s.1);
+        report.figure(
+            label,
+            "queue depth: peak / at stop",
+            format!("{} / {}", thousands(self.peak()), thousands(last)),
+        );
+        report.figure(
+            label,
+            "queue depth slope",
+            format!(
+                "{:+.1} msg/s (grew: {})",
+                self.slope(),
+                yes_no(!self.bounded(prefetch))
+            ),
+        );
+    }
+}
+
+/// The storm's ceiling: the same publishers against a consumer that only acks, batching as the
+/// worker does. Whether its depth stays bounded says whether any consumer can, on this broker
+/// and these cores; the worker's storm is read against it.
+async fn storm_ceiling(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
+    const LABEL: &str = "storm, bare consumer";
+    let rig = Rig::new(env, "storm-ceiling").await?;
+    let result = async {
+        let broker = Broker::connect(&env.amqp_url).await?;
+        callkeeper::intake::topology::declare(&broker.channel, &rig.config.amqp).await?;
+        let intake = rig.config.amqp.queue.clone();
+        let prefetch = rig.config.amqp.prefetch;
+        eprintln!(
+            "{LABEL}: {STORM_PUBLISHERS} publishers flat out for {} against a consumer that only acks…",
+            secs(sizes.storm)
+        );
+        let stop = CancellationToken::new();
+        let acked = Arc::new(AtomicU64::new(0));
+        let consumer = {
+            let (url, queue, stop, acked) =
+                (env.amqp_url.clone(), intake.clone(), stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                bare_consumer(&url, &queue, prefetch, u64::MAX, &stop, &acked, async |_| {
+                    Ok(())
+                })
+                .await
+            })
+        };
+        let (broker_cpu, bench_cpu) = (
+            CpuSpan::start(local_broker_pid(&env.amqp_url)),
+            CpuSpan::start(Some(std::process::id())),
+        );
+        let storm = FlatOut::run(env, &rig.names, &intake, sizes.storm, None).await?;
+        let taken = acked.load(Ordering::Relaxed);
+        let cpu = format!(
+            "{} / {}",
+            CpuSpan::describe(broker_cpu.as_ref(), storm.published, "request published"),
+            CpuSpan::describe(bench_cpu.as_ref(), storm.published, "request published"),
+        );
+        stop.cancel();
+        consumer.await??;
+        storm.report(LABEL, ("bare consumer", "acked", taken), prefetch, report);
+        report.figure(
+            LABEL,
+            "CPU while publishing: RabbitMQ / the bench (publishers and consumer)",
+            cpu,
+        );
+        Ok(())
+    }
+    .await;
+    rig.finish(env).await;
+    result
+}
+
 async fn storm(
     env: &Env,
     sizes: &Sizes,
@@ -548,83 +819,35 @@ async fn storm(
         let intake = rig.config.amqp.queue.clone();
         let prefetch = rig.config.amqp.prefetch;
 
-        // Depth samples (seconds since the storm began, ready messages), every 100 ms.
-        let samples = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));
-        let stop_sampling = CancellationToken::new();
-        let started = Instant::now();
-        let sampler = {
-            let samples = samples.clone();
-            let stop = stop_sampling.clone();
-            let broker = Broker::connect(&env.amqp_url).await?;
-            let intake = intake.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(DEPTH_SAMPLE);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
-                    if let Ok(depth) = broker.depth(&intake).await {
-                        let at = started.elapsed().as_secs_f64();
-                        samples.lock().expect("samples lock").push((at, depth));
-                    }
-                }
-            })
-        };
-
         eprintln!(
             "{label}: {STORM_PUBLISHERS} publishers flat out for {} while the worker consumes…",
             secs(sizes.storm)
         );
-        let stop_publishing = CancellationToken::new();
-        let next = Arc::new(AtomicU64::new(0));
-        let due = load.due();
-        let mut publishers = Vec::new();
-        for _ in 0..STORM_PUBLISHERS {
-            let publisher = Publisher::connect(&env.amqp_url).await?;
-            let exchange = rig.names.clone();
-            let stop = stop_publishing.clone();
-            let next = next.clone();
-            publishers.push(tokio::spawn(async move {
-                publisher
-                    .publish_until(&exchange, "callback.requested", &stop, &next, |i| {
-                        request_body(i, due)
-                    })
-                    .await
-            }));
-        }
         let (worker_cpu, broker_cpu) = (
             CpuSpan::start(Some(worker.pid)),
             CpuSpan::start(local_broker_pid(&env.amqp_url)),
         );
-        tokio::time::sleep(sizes.storm).await;
-        stop_publishing.cancel();
-        let mut published = 0;
-        for publisher in publishers {
-            published += publisher.await??;
-        }
-        let storm_time = started.elapsed();
+        let storm = FlatOut::run(env, &rig.names, &intake, sizes.storm, load.due()).await?;
+        let publishers_stopped = Instant::now();
         let mut probe = StoreProbe::new(&rig.db);
         let stored_at_stop = probe.count().await.unwrap_or(0);
         let storm_cpu = format!(
             "{} / {}",
             CpuSpan::describe(worker_cpu.as_ref(), stored_at_stop, "request stored"),
-            CpuSpan::describe(broker_cpu.as_ref(), published, "request published"),
+            CpuSpan::describe(broker_cpu.as_ref(), storm.published, "request published"),
         );
         let worker_waited = CpuSpan::describe_runnable_wait(worker_cpu.as_ref());
-        let depth_samples = samples.lock().expect("samples lock").clone();
 
         // Then let the worker finish what is left, within a bound: a worker much slower than
         // the publishers could take very long, and that is already the finding.
-        let drain_until = Instant::now() + sizes.storm_drain;
+        let drain_until = publishers_stopped + sizes.storm_drain;
         let mut stored = stored_at_stop;
         let drained = loop {
             worker.check_alive()?;
             if broker.depth(&intake).await? == 0 {
                 stored = probe.count().await.unwrap_or(stored);
-                if stored == published {
-                    break Some(started.elapsed().saturating_sub(storm_time));
+                if stored == storm.published {
+                    break Some(publishers_stopped.elapsed());
                 }
             }
             if Instant::now() >= drain_until {
@@ -633,26 +856,19 @@ async fn storm(
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let left = published.saturating_sub(stored);
-        stop_sampling.cancel();
-        let _ = sampler.await;
+        let left = storm.published.saturating_sub(stored);
         let stopped = worker.terminate().await?;
-
-        let peak = depth_samples.iter().map(|s| s.1).max().unwrap_or(0);
-        let last_depth = depth_samples.last().map_or(0, |s| s.1);
-        let slope = slope(&depth_samples);
-        let growth = slope * storm_time.as_secs_f64();
-        // Bounded: over the whole storm the depth grew by less than two prefetch windows.
-        let bounded = growth < 2.0 * f64::from(prefetch);
-        let publish_rate = published as f64 / storm_time.as_secs_f64();
-        let consume_rate = stored_at_stop as f64 / storm_time.as_secs_f64();
 
         match load {
             StormLoad::DueNow => report.target(
                 "Storm: intake depth growth while publishers run flat out",
-                format!("{slope:+.0} msg/s (peak {})", thousands(peak)),
+                format!(
+                    "{:+.0} msg/s (peak {})",
+                    storm.slope(),
+                    thousands(storm.peak())
+                ),
                 "bounded (no growth)",
-                bounded,
+                storm.bounded(prefetch),
             ),
             StormLoad::DueLater => report.figure(
                 label,
@@ -660,22 +876,7 @@ async fn storm(
                 "due in an hour, so nothing fires during the storm".into(),
             ),
         }
-        report.figure(label, "publishers", format!("{STORM_PUBLISHERS} × {CONFIRM_WINDOW} confirms in flight"));
-        report.figure(
-            label,
-            "published (confirmed)",
-            format!("{} in {} ({}/s)", thousands(published), secs(storm_time), thousands(publish_rate as u64)),
-        );
-        report.figure(
-            label,
-            "worker sustained rate",
-            format!("{}/s ({} stored while publishing)", thousands(consume_rate as u64), thousands(stored_at_stop)),
-        );
-        report.figure(
-            label,
-            "ratio worker / publishers",
-            format!("{:.2}", consume_rate / publish_rate.max(1.0)),
-        );
+        storm.report(label, ("worker", "stored", stored_at_stop), prefetch, report);
         report.figure(
             label,
             "CPU while publishing: worker / RabbitMQ",
@@ -686,23 +887,15 @@ async fn storm(
             "worker runnable but without a core, while publishing",
             worker_waited,
         );
-        report.figure(
-            label,
-            "queue depth: peak / at stop",
-            format!("{} / {}", thousands(peak), thousands(last_depth)),
-        );
-        report.figure(
-            label,
-            "queue depth slope",
-            format!("{slope:+.1} msg/s (grew: {})", yes_no(!bounded)),
-        );
         let drain = match drained {
             Some(took) => format!("all stored {} after the publishers stopped", secs(took)),
             None => format!(
                 "{} not yet stored {} after the publishers stopped (about {} more at the sustained rate)",
                 thousands(left),
                 secs(sizes.storm_drain),
-                secs(Duration::from_secs_f64(left as f64 / consume_rate.max(1.0)))
+                secs(Duration::from_secs_f64(
+                    left as f64 / storm.rate(stored_at_stop).max(1.0)
+                ))
             ),
         };
         report.figure(label, "drain", drain);
@@ -1316,74 +1509,116 @@ const STORE_FLOOR_MAX: u64 = 100_000;
 /// random event id, as IVR event ids are, and one outbox event of the usual size. One
 /// `INSERT … SELECT` per table and transaction, so no client cost is in the figure.
 async fn store_floor(db: &Path, n: u64, batch: usize) -> anyhow::Result<Duration> {
-    let mut conn = SqliteConnectOptions::new()
-        .filename(db)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
-        .pragma("cache_size", callkeeper::store::WRITER_CACHE)
-        .busy_timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .context("opening the store for the SQLite-alone measurement")?;
-    let columns = table_columns(&mut conn, "callbacks").await?;
-    let seeds: i64 = sqlx::query_scalar("SELECT count(*) FROM callbacks")
-        .fetch_one(&mut conn)
-        .await?;
-    ensure!(seeds > 0, "the store holds no callbacks to copy");
-    let select: Vec<String> = columns
-        .iter()
-        .map(|c| match c.as_str() {
-            "id" => "printf('%s-f%d', id, ?1)".into(),
-            "phone" => format!("printf('+317%09d', rowid + ?1 * {seeds})"),
-            other => format!("\"{other}\""),
-        })
-        .collect();
-    let insert_columns: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
-    let callbacks = format!(
-        "INSERT INTO callbacks ({}) SELECT {} FROM callbacks WHERE rowid BETWEEN ?2 AND ?3",
-        insert_columns.join(", "),
-        select.join(", ")
-    );
-    // A random integer stands in for the key's hash where the schema stores one: it is as
-    // large, and lands in the index as the real one does (after the last key).
-    let hashed = stores_key_hashes(&mut conn).await?;
-    let (hash_column, hash_value) = if hashed {
-        (", key_hash", ", random()")
-    } else {
-        ("", "")
-    };
-    let inbound = format!(
-        "INSERT INTO inbound_events (source, id, fingerprint, applied_at{hash_column}) \
-         SELECT 'bench', lower(hex(randomblob(16))), lower(hex(randomblob(32))), requested_at\
-           {hash_value} \
-         FROM callbacks WHERE rowid BETWEEN ?2 AND ?3"
-    );
-    let outbox = "INSERT INTO event_outbox (id, callback_id, type, body, created_at) \
-         SELECT lower(hex(randomblob(16))), id, 'callkeeper.callback.requested', \
-           printf('%.540c', 'x'), requested_at \
-         FROM callbacks WHERE rowid BETWEEN ?2 AND ?3";
+    let mut floor = StoreFloor::open(db).await?;
     let started = Instant::now();
-    let (mut done, mut k) = (0u64, 1i64);
+    let mut done = 0;
     while done < n {
-        let rows = (n - done).min(batch as u64) as i64;
-        let a = (done as i64 % seeds) + 1;
-        let b = (a + rows - 1).min(seeds);
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        for statement in [callbacks.as_str(), inbound.as_str(), outbox] {
+        done += floor.write((n - done).min(batch as u64)).await?;
+    }
+    let took = started.elapsed();
+    floor.close().await?;
+    Ok(took)
+}
+
+/// Writes what intake writes per callback, copied in SQL from the callbacks already stored, so
+/// no client cost is in what it measures.
+struct StoreFloor {
+    conn: SqliteConnection,
+    /// Callbacks there were to copy from.
+    seeds: i64,
+    statements: [String; 3],
+    /// Callbacks written so far.
+    written: u64,
+    /// Tags each transaction's copies, so their ids are new. It starts at the row count, so
+    /// each `StoreFloor` on the same store tags past the ones before it.
+    tag: i64,
+}
+
+impl StoreFloor {
+    async fn open(db: &Path) -> anyhow::Result<Self> {
+        let mut conn = SqliteConnectOptions::new()
+            .filename(db)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+            .pragma("cache_size", callkeeper::store::WRITER_CACHE)
+            .busy_timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .context("opening the store for the SQLite-alone measurement")?;
+        let columns = table_columns(&mut conn, "callbacks").await?;
+        let seeds: i64 = sqlx::query_scalar("SELECT count(*) FROM callbacks")
+            .fetch_one(&mut conn)
+            .await?;
+        ensure!(seeds > 0, "the store holds no callbacks to copy");
+        let select: Vec<String> = columns
+            .iter()
+            .map(|c| match c.as_str() {
+                "id" => "printf('%s-f%d', id, ?1)".into(),
+                "phone" => "printf('+317%09d', rowid + ?4)".into(),
+                other => format!("\"{other}\""),
+            })
+            .collect();
+        let insert_columns: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
+        let callbacks = format!(
+            "INSERT INTO callbacks ({}) SELECT {} FROM callbacks WHERE rowid BETWEEN ?2 AND ?3",
+            insert_columns.join(", "),
+            select.join(", ")
+        );
+        // A random integer stands in for the key's hash where the schema stores one: it is as
+        // large, and lands in the index as the real one does (after the last key).
+        let hashed = stores_key_hashes(&mut conn).await?;
+        let (hash_column, hash_value) = if hashed {
+            (", key_hash", ", random()")
+        } else {
+            ("", "")
+        };
+        let inbound = format!(
+            "INSERT INTO inbound_events (source, id, fingerprint, applied_at{hash_column}) \
+             SELECT 'bench', lower(hex(randomblob(16))), lower(hex(randomblob(32))), requested_at\
+               {hash_value} \
+             FROM callbacks WHERE rowid BETWEEN ?2 AND ?3"
+        );
+        let outbox = "INSERT INTO event_outbox (id, callback_id, type, body, created_at) \
+             SELECT lower(hex(randomblob(16))), id, 'callkeeper.callback.requested', \
+               printf('%.540c', 'x'), requested_at \
+             FROM callbacks WHERE rowid BETWEEN ?2 AND ?3"
+            .to_owned();
+        Ok(Self {
+            conn,
+            seeds,
+            statements: [callbacks, inbound, outbox],
+            written: 0,
+            tag: seeds,
+        })
+    }
+
+    /// Writes up to `rows` more callbacks in one transaction (fewer where the seeds run out
+    /// first); returns how many.
+    async fn write(&mut self, rows: u64) -> anyhow::Result<u64> {
+        let a = (self.written as i64 % self.seeds) + 1;
+        let b = (a + rows as i64 - 1).min(self.seeds);
+        self.tag += 1;
+        // Each copy's phone number is its row's number in the store, so none repeats.
+        let phone_offset = self.seeds + self.written as i64 + 1 - a;
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+        for statement in &self.statements {
             sqlx::query(statement)
-                .bind(k)
+                .bind(self.tag)
                 .bind(a)
                 .bind(b)
+                .bind(phone_offset)
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
-        done += (b - a + 1) as u64;
-        k += 1;
+        let written = (b - a + 1) as u64;
+        self.written += written;
+        Ok(written)
     }
-    let took = started.elapsed();
-    conn.close().await?;
-    Ok(took)
+
+    async fn close(self) -> anyhow::Result<()> {
+        Ok(self.conn.close().await?)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
