@@ -471,7 +471,7 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             floor_n,
             &CancellationToken::new(),
             &AtomicU64::new(0),
-            async |rows| floor.write(rows).await.map(drop),
+            async |rows| floor.write(rows).await,
         )
         .await?;
         floor.close().await?;
@@ -755,7 +755,7 @@ impl FlatOut {
 /// worker does. Whether its depth stays bounded says whether any consumer can, on this broker
 /// and these cores; the worker's storm is read against it.
 async fn storm_ceiling(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
-    const LABEL: &str = "storm, bare consumer";
+    let label = "storm, bare consumer";
     let rig = Rig::new(env, "storm-ceiling").await?;
     let result = async {
         let broker = Broker::connect(&env.amqp_url).await?;
@@ -763,37 +763,50 @@ async fn storm_ceiling(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow:
         let intake = rig.config.amqp.queue.clone();
         let prefetch = rig.config.amqp.prefetch;
         eprintln!(
-            "{LABEL}: {STORM_PUBLISHERS} publishers flat out for {} against a consumer that only acks…",
+            "{label}: {STORM_PUBLISHERS} publishers flat out for {} against a consumer that only acks…",
             secs(sizes.storm)
         );
         let stop = CancellationToken::new();
         let acked = Arc::new(AtomicU64::new(0));
+        // On a thread and runtime of its own, as the worker has its own: on the bench's runtime
+        // the consumer would take turns with the publishers' tasks.
         let consumer = {
             let (url, queue, stop, acked) =
                 (env.amqp_url.clone(), intake.clone(), stop.clone(), acked.clone());
-            tokio::spawn(async move {
-                bare_consumer(&url, &queue, prefetch, u64::MAX, &stop, &acked, async |_| {
-                    Ok(())
-                })
-                .await
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(bare_consumer(
+                    &url,
+                    &queue,
+                    prefetch,
+                    u64::MAX,
+                    &stop,
+                    &acked,
+                    async |_| Ok(()),
+                ))
             })
         };
         let (broker_cpu, bench_cpu) = (
             CpuSpan::start(local_broker_pid(&env.amqp_url)),
             CpuSpan::start(Some(std::process::id())),
         );
-        let storm = FlatOut::run(env, &rig.names, &intake, sizes.storm, None).await?;
+        let storm = FlatOut::run(env, &rig.names, &intake, sizes.storm, None).await;
         let taken = acked.load(Ordering::Relaxed);
+        stop.cancel();
+        tokio::task::spawn_blocking(move || consumer.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the consumer's thread panicked"))??;
+        let storm = storm?;
         let cpu = format!(
             "{} / {}",
             CpuSpan::describe(broker_cpu.as_ref(), storm.published, "request published"),
             CpuSpan::describe(bench_cpu.as_ref(), storm.published, "request published"),
         );
-        stop.cancel();
-        consumer.await??;
-        storm.report(LABEL, ("bare consumer", "acked", taken), prefetch, report);
+        storm.report(label, ("bare consumer", "acked", taken), prefetch, report);
         report.figure(
-            LABEL,
+            label,
             "CPU while publishing: RabbitMQ / the bench (publishers and consumer)",
             cpu,
         );
@@ -1513,7 +1526,9 @@ async fn store_floor(db: &Path, n: u64, batch: usize) -> anyhow::Result<Duration
     let started = Instant::now();
     let mut done = 0;
     while done < n {
-        done += floor.write((n - done).min(batch as u64)).await?;
+        let rows = (n - done).min(batch as u64);
+        floor.write(rows).await?;
+        done += rows;
     }
     let took = started.elapsed();
     floor.close().await?;
@@ -1529,8 +1544,8 @@ struct StoreFloor {
     statements: [String; 3],
     /// Callbacks written so far.
     written: u64,
-    /// Tags each transaction's copies, so their ids are new. It starts at the row count, so
-    /// each `StoreFloor` on the same store tags past the ones before it.
+    /// Tags each statement's copies, so their ids are new. It starts at the row count, so each
+    /// `StoreFloor` on the same store tags past the ones before it.
     tag: i64,
 }
 
@@ -1592,28 +1607,30 @@ impl StoreFloor {
         })
     }
 
-    /// Writes up to `rows` more callbacks in one transaction (fewer where the seeds run out
-    /// first); returns how many.
-    async fn write(&mut self, rows: u64) -> anyhow::Result<u64> {
-        let a = (self.written as i64 % self.seeds) + 1;
-        let b = (a + rows as i64 - 1).min(self.seeds);
-        self.tag += 1;
-        // Each copy's phone number is its row's number in the store, so none repeats.
-        let phone_offset = self.seeds + self.written as i64 + 1 - a;
+    /// Writes `rows` more callbacks in one transaction, copying the seeds as often as it takes.
+    async fn write(&mut self, rows: u64) -> anyhow::Result<()> {
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        for statement in &self.statements {
-            sqlx::query(statement)
-                .bind(self.tag)
-                .bind(a)
-                .bind(b)
-                .bind(phone_offset)
-                .execute(&mut *tx)
-                .await?;
+        let mut left = rows as i64;
+        while left > 0 {
+            let a = (self.written as i64 % self.seeds) + 1;
+            let b = (a + left - 1).min(self.seeds);
+            self.tag += 1;
+            // Each copy's phone number is its row's number in the store, so none repeats.
+            let phone_offset = self.seeds + self.written as i64 + 1 - a;
+            for statement in &self.statements {
+                sqlx::query(statement)
+                    .bind(self.tag)
+                    .bind(a)
+                    .bind(b)
+                    .bind(phone_offset)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            self.written += (b - a + 1) as u64;
+            left -= b - a + 1;
         }
         tx.commit().await?;
-        let written = (b - a + 1) as u64;
-        self.written += written;
-        Ok(written)
+        Ok(())
     }
 
     async fn close(self) -> anyhow::Result<()> {
