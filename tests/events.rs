@@ -221,7 +221,7 @@ async fn a_callbacks_events_arrive_in_order() {
     assert!(
         wait_for(WAIT, || {
             let store = store.clone();
-            async move { store.pending_events(10).await.unwrap().is_empty() }
+            async move { store.pending_events(0, 10).await.unwrap().is_empty() }
         })
         .await,
         "the outbox empties once the broker confirmed"

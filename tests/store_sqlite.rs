@@ -1914,7 +1914,7 @@ async fn migration_0005_keeps_every_delivery_and_lets_a_digest_have_no_callback(
 /// The outbox's event types for one callback, in publish order.
 async fn outbox_types(h: &Harness, id: CallbackId) -> Vec<String> {
     h.store
-        .pending_events(1000)
+        .pending_events(0, 1000)
         .await
         .unwrap()
         .into_iter()
@@ -1980,11 +1980,22 @@ async fn every_write_path_puts_its_lifecycle_events_in_the_outbox() {
     .await;
     assert_eq!(outbox_types(&h, other).await, ["requested", "cancelled"]);
 
-    // Removing up to a seq removes exactly those, oldest first.
-    let all = h.store.pending_events(1000).await.unwrap();
+    // Reading after a seq (the last one the broker confirmed) skips it and what came before,
+    // whether or not it was removed yet.
+    let all = h.store.pending_events(0, 1000).await.unwrap();
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(
+        h.store.pending_events(all[1].seq, 1000).await.unwrap(),
+        all[2..]
+    );
+    assert_eq!(
+        h.store.pending_events(all[1].seq, 1).await.unwrap(),
+        all[2..3]
+    );
+
+    // Removing up to a seq removes exactly those, oldest first.
     assert_eq!(h.store.remove_events(all[2].seq).await.unwrap(), 3);
-    let left = h.store.pending_events(1000).await.unwrap();
+    let left = h.store.pending_events(0, 1000).await.unwrap();
     assert_eq!(left, all[3..]);
     assert_eq!(
         h.store.stats().await.unwrap().event_backlog,

@@ -370,6 +370,7 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
         };
         let worker_waited = CpuSpan::describe_runnable_wait(worker_cpu.as_ref());
         let worker_cpu = CpuSpan::describe(worker_cpu.as_ref(), n, "message");
+        let unpublished = probe.unpublished().await;
         let broker_cpu = CpuSpan::describe(broker_cpu.as_ref(), n, "message");
         // Acks follow commits; after the stop anything unacked would be back in the queue.
         let stopped = worker.terminate().await?;
@@ -419,6 +420,11 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             "backlog",
             "CPU: RabbitMQ while feeding the worker / the bare consumer",
             format!("{broker_cpu} / {broker_at_ceiling}"),
+        );
+        report.figure(
+            "backlog",
+            "lifecycle events still in the outbox when all were stored",
+            events_waiting(unpublished, n),
         );
         report.figure(
             "backlog",
@@ -844,6 +850,7 @@ async fn storm(
         let publishers_stopped = Instant::now();
         let mut probe = StoreProbe::new(&rig.db);
         let stored_at_stop = probe.count().await.unwrap_or(0);
+        let unpublished = probe.unpublished().await;
         let storm_cpu = format!(
             "{} / {}",
             CpuSpan::describe(worker_cpu.as_ref(), stored_at_stop, "request stored"),
@@ -899,6 +906,11 @@ async fn storm(
             label,
             "worker runnable but without a core, while publishing",
             worker_waited,
+        );
+        report.figure(
+            label,
+            "lifecycle events still in the outbox when the publishers stopped",
+            events_waiting(unpublished, stored_at_stop),
         );
         let drain = match drained {
             Some(took) => format!("all stored {} after the publishers stopped", secs(took)),
@@ -2110,7 +2122,17 @@ impl StoreProbe {
         }
     }
 
+    /// Callbacks stored.
     async fn count(&mut self) -> Option<u64> {
+        self.rows("callbacks").await
+    }
+
+    /// Lifecycle events in the outbox: written, not yet confirmed by the broker and removed.
+    async fn unpublished(&mut self) -> Option<u64> {
+        self.rows("event_outbox").await
+    }
+
+    async fn rows(&mut self, table: &str) -> Option<u64> {
         if self.conn.is_none() {
             if !self.path.exists() {
                 return None;
@@ -2122,7 +2144,7 @@ impl StoreProbe {
             self.conn = Some(options.connect().await.ok()?);
         }
         let conn = self.conn.as_mut()?;
-        match sqlx::query("SELECT count(*) FROM callbacks")
+        match sqlx::query(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&mut *conn)
             .await
         {
@@ -2136,6 +2158,19 @@ impl StoreProbe {
         if let Some(conn) = self.conn.take() {
             let _ = conn.close().await;
         }
+    }
+}
+
+/// The outbox's backlog against the requests stored (each wrote at least one event), so a
+/// worker that stores fast by leaving its events behind shows it.
+fn events_waiting(unpublished: Option<u64>, stored: u64) -> String {
+    match unpublished {
+        Some(events) => format!(
+            "{} (requests stored: {})",
+            thousands(events),
+            thousands(stored)
+        ),
+        None => "? (the store could not be read)".into(),
     }
 }
 

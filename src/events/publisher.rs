@@ -2,6 +2,7 @@
 //! order, on one confirm-mode channel; an event leaves the outbox only once the broker confirmed
 //! it. Its own connection (not intake's), so a slow or blocked publish never holds up intake.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,10 @@ use crate::store::{OutboxEvent, SharedStore};
 
 /// Events published per round; their confirms are awaited together.
 const BATCH: u32 = 200;
+/// While events keep coming, confirmed ones leave the outbox at most this often; when it runs
+/// dry, at once. The delete is a write, and the one writer is what intake and the timer wait
+/// for: one delete per round starved this publisher in a storm (BENCHMARKS.md).
+const REMOVE_EVERY: Duration = Duration::from_secs(1);
 /// Looks at the outbox at least this often, beside the wakeups after each commit (a commit by
 /// another process, or a wakeup lost to a restart, is picked up here), and notices a dead
 /// channel while idle.
@@ -49,6 +54,11 @@ pub struct Publisher {
     store: SharedStore,
     /// Notified by the store after a commit that wrote events.
     wake: Arc<Notify>,
+    /// The last event the broker confirmed, kept across reconnects: the outbox is read after
+    /// it, so a confirmed event is not published again while it waits to be removed.
+    confirmed: AtomicI64,
+    /// Events up to here are gone from the outbox.
+    removed: AtomicI64,
 }
 
 impl Publisher {
@@ -57,6 +67,8 @@ impl Publisher {
             config,
             store,
             wake,
+            confirmed: AtomicI64::new(0),
+            removed: AtomicI64::new(0),
         }
     }
 
@@ -151,11 +163,14 @@ impl Publisher {
         channel: &Channel,
         shutdown: &CancellationToken,
     ) -> Result<(), PublishError> {
+        let mut last_removal = tokio::time::Instant::now();
         loop {
             if shutdown.is_cancelled() {
+                self.remove_confirmed(shutdown).await;
                 return Ok(());
             }
-            let batch = match self.store.pending_events(BATCH).await {
+            let after = self.confirmed.load(Ordering::Relaxed);
+            let batch = match self.store.pending_events(after, BATCH).await {
                 Ok(batch) => batch,
                 Err(error) => {
                     metrics::counter!("callkeeper_store_errors_total", "operation" => "pending_events")
@@ -168,6 +183,9 @@ impl Publisher {
                 }
             };
             if batch.is_empty() {
+                // Caught up: a quiet outbox holds nothing already published.
+                self.remove_confirmed(shutdown).await;
+                last_removal = tokio::time::Instant::now();
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return Ok(()),
@@ -183,10 +201,14 @@ impl Publisher {
                 Ok(last) => (Some(last), None),
                 Err((last, error)) => (last, Some(error)),
             };
-            // Remove what was confirmed even when the rest failed, so the retry after the
+            // What was confirmed counts even when the rest failed, so the retry after the
             // reconnect starts at the first unconfirmed event.
             if let Some(last) = confirmed {
-                self.remove(last, shutdown).await;
+                self.confirmed.store(last, Ordering::Relaxed);
+            }
+            if failure.is_some() || last_removal.elapsed() >= REMOVE_EVERY {
+                self.remove_confirmed(shutdown).await;
+                last_removal = tokio::time::Instant::now();
             }
             if let Some(error) = failure {
                 return Err(error);
@@ -257,12 +279,20 @@ impl Publisher {
         }
     }
 
-    /// Deletes confirmed events, retrying while the store is down: if this gave up, they would
-    /// be published again (harmless for consumers that dedupe by id, but noisy).
-    async fn remove(&self, up_to_seq: i64, shutdown: &CancellationToken) {
+    /// Deletes the confirmed events not yet removed, retrying while the store is down: if this
+    /// gave up, they would be published again after a restart (harmless for consumers that
+    /// dedupe by id, but noisy). Gives up only at shutdown.
+    async fn remove_confirmed(&self, shutdown: &CancellationToken) {
+        let confirmed = self.confirmed.load(Ordering::Relaxed);
+        if confirmed <= self.removed.load(Ordering::Relaxed) {
+            return;
+        }
         loop {
-            match self.store.remove_events(up_to_seq).await {
-                Ok(_) => return,
+            match self.store.remove_events(confirmed).await {
+                Ok(_) => {
+                    self.removed.store(confirmed, Ordering::Relaxed);
+                    return;
+                }
                 Err(error) => {
                     metrics::counter!("callkeeper_store_errors_total", "operation" => "remove_events")
                         .increment(1);

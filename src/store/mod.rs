@@ -275,8 +275,9 @@ pub trait Store: Send + Sync + 'static {
         to: DateTime<Utc>,
     ) -> Result<Vec<SlaRow>>;
 
-    /// The oldest lifecycle events in the outbox, in publish order, at most `limit`.
-    async fn pending_events(&self, limit: u32) -> Result<Vec<OutboxEvent>>;
+    /// The oldest lifecycle events in the outbox after `after_seq`, in publish order, at most
+    /// `limit`.
+    async fn pending_events(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxEvent>>;
     /// Deletes the outbox events up to and including `seq` (the broker confirmed them).
     async fn remove_events(&self, up_to_seq: i64) -> Result<u64>;
 

@@ -1054,8 +1054,9 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn pending_events(&self, limit: u32) -> Result<Vec<OutboxEvent>> {
+    async fn pending_events(&self, after_seq: i64, limit: u32) -> Result<Vec<OutboxEvent>> {
         let rows: Vec<(i64, String, String, String)> = sqlx::query_as(sql::PENDING_EVENTS)
+            .bind(after_seq)
             .bind(limit)
             .fetch_all(&self.reader)
             .await?;
@@ -1426,10 +1427,9 @@ mod sql {
     pub const PHONE_ATTEMPTS: &str = "SELECT at FROM attempts WHERE phone = ? AND at > ?";
     pub const NEXT_DELIVERY_AT: &str =
         "SELECT MIN(next_try_at) FROM deliveries WHERE state = 'pending'";
-    /// Binds: limit. (`seq > 0` is always true; it makes the plan a rowid range, which
-    /// shows that only the first `limit` rows are read.)
+    /// Binds: after seq, limit. (A rowid range: only the first `limit` rows after it are read.)
     pub const PENDING_EVENTS: &str =
-        "SELECT seq, id, type, body FROM event_outbox WHERE seq > 0 ORDER BY seq LIMIT ?";
+        "SELECT seq, id, type, body FROM event_outbox WHERE seq > ? ORDER BY seq LIMIT ?";
     /// Closed callbacks that closed before a moment, oldest first (binds: before, limit).
     /// Only closed callbacks have `closed_at`; the state test is a safety net, written `+state`
     /// so the planner walks `callbacks_closed_at` instead of the state index.
