@@ -283,7 +283,8 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         "callkeeper_events_outbox_pending",
-        "Lifecycle events in the outbox waiting for the broker."
+        "Lifecycle events in the outbox: not yet confirmed by the broker, or confirmed in the \
+         last second and not yet removed."
     );
     describe_gauge!(
         "callkeeper_events_connected",
