@@ -322,32 +322,22 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
 
         // The ceiling: the same bodies in a fresh quorum queue, taken by a consumer that only
         // acks, with the worker's prefetch and the worker's batching (one multiple-ack per
-        // batch of what has arrived).
-        let ceiling_queue = format!("{}.ceiling", rig.names);
-        broker.declare_quorum(&ceiling_queue).await?;
-        publisher
-            .publish_range("", &ceiling_queue, 0..n, bodies)
-            .await?;
-        eprintln!("backlog: bare consumer on the same {n} messages…");
-        let broker_pid = local_broker_pid(&env.amqp_url);
-        let broker_at_ceiling = CpuSpan::start(broker_pid);
-        let ceiling_time = bare_consumer(
-            &env.amqp_url,
-            &ceiling_queue,
+        // batch of what has arrived). Once before the worker and once after: the broker's
+        // speed drifts on a shared machine, and the faster of the two is its ceiling.
+        let ceiling = CeilingQueue {
+            env,
+            broker: &broker,
+            publisher: &publisher,
+            name: format!("{}.ceiling", rig.names),
             prefetch,
-            n,
-            &CancellationToken::new(),
-            &AtomicU64::new(0),
-            async |_| Ok(()),
-        )
-        .await?;
-        let broker_at_ceiling = CpuSpan::describe(broker_at_ceiling.as_ref(), n, "message");
-        broker.delete_queue(&ceiling_queue).await;
-        let ceiling_rate = n as f64 / ceiling_time.as_secs_f64();
+        };
+        eprintln!("backlog: bare consumer on the same {n} messages…");
+        let before = ceiling.consume(n, bodies, async |_| Ok(())).await?;
 
         eprintln!("backlog: starting the worker on the full queue…");
         let intake = rig.config.amqp.queue.clone();
         let mut worker = rig.spawn_worker()?;
+        let broker_pid = local_broker_pid(&env.amqp_url);
         let (worker_cpu, broker_cpu) =
             (CpuSpan::start(Some(worker.pid)), CpuSpan::start(broker_pid));
         let mut probe = StoreProbe::new(&rig.db);
@@ -375,6 +365,14 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
         // Acks follow commits; after the stop anything unacked would be back in the queue.
         let stopped = worker.terminate().await?;
         let left = broker.depth(&intake).await?;
+        eprintln!("backlog: bare consumer again…");
+        let after = ceiling.consume(n, bodies, async |_| Ok(())).await?;
+        let (ceiling_time, broker_at_ceiling) = if before.0 <= after.0 {
+            (before.0, &before.1)
+        } else {
+            (after.0, &after.1)
+        };
+        let ceiling_rate = n as f64 / ceiling_time.as_secs_f64();
         let worker_rate = n as f64 / drained.as_secs_f64();
         let ratio = worker_rate / ceiling_rate;
 
@@ -399,9 +397,9 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             "backlog",
             "bare consumer (ack only)",
             format!(
-                "{} ({}/s, prefetch {prefetch})",
-                secs(ceiling_time),
-                thousands(ceiling_rate as u64)
+                "{} before the worker, {} after; the faster is the ceiling; prefetch {prefetch}",
+                rate(n, before.0),
+                rate(n, after.0),
             ),
         );
         report.figure("backlog", "ratio worker / ceiling", format!("{ratio:.2}"));
@@ -463,25 +461,12 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
         // The broker and the store together with no client between them: the same writes, one
         // transaction per batch of what has arrived, acked after its commit. The bound any
         // intake meets on this broker, schema and disk, sharing these cores as the worker does.
-        let bound_queue = format!("{}.ceiling", rig.names);
-        broker.declare_quorum(&bound_queue).await?;
-        publisher
-            .publish_range("", &bound_queue, 0..floor_n, bodies)
-            .await?;
         eprintln!("backlog: bare consumer writing SQLite alone's rows per batch…");
         let mut floor = StoreFloor::open(&rig.db).await?;
-        let bound = bare_consumer(
-            &env.amqp_url,
-            &bound_queue,
-            prefetch,
-            floor_n,
-            &CancellationToken::new(),
-            &AtomicU64::new(0),
-            async |rows| floor.write(rows).await,
-        )
-        .await?;
+        let (bound, _) = ceiling
+            .consume(floor_n, bodies, async |rows| floor.write(rows).await)
+            .await?;
         floor.close().await?;
-        broker.delete_queue(&bound_queue).await;
         let bound_rate = floor_n as f64 / bound.as_secs_f64();
         report.figure(
             "backlog",
@@ -504,6 +489,46 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
     .await;
     rig.finish(env).await;
     result
+}
+
+/// A fresh quorum queue for the backlog's bare consumer, filled with the backlog's bodies.
+struct CeilingQueue<'a> {
+    env: &'a Env,
+    broker: &'a Broker,
+    publisher: &'a Publisher,
+    name: String,
+    prefetch: u16,
+}
+
+impl CeilingQueue<'_> {
+    /// Publishes `body(0..n)` into the queue, takes them with [`bare_consumer`] (running
+    /// `before_ack` for each batch) and deletes the queue. Returns the time from
+    /// `basic.consume` to the last ack, and RabbitMQ's CPU meanwhile.
+    async fn consume(
+        &self,
+        n: u64,
+        body: impl Fn(u64) -> Vec<u8>,
+        before_ack: impl AsyncFnMut(u64) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(Duration, String)> {
+        self.broker.declare_quorum(&self.name).await?;
+        self.publisher
+            .publish_range("", &self.name, 0..n, body)
+            .await?;
+        let cpu = CpuSpan::start(local_broker_pid(&self.env.amqp_url));
+        let took = bare_consumer(
+            &self.env.amqp_url,
+            &self.name,
+            self.prefetch,
+            n,
+            &CancellationToken::new(),
+            &AtomicU64::new(0),
+            before_ack,
+        )
+        .await?;
+        let cpu = CpuSpan::describe(cpu.as_ref(), n, "message");
+        self.broker.delete_queue(&self.name).await;
+        Ok((took, cpu))
+    }
 }
 
 /// Consumes from `queue` as the worker takes its batches (one multiple-ack for each batch of
