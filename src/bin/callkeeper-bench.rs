@@ -367,11 +367,7 @@ async fn backlog(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
         let left = broker.depth(&intake).await?;
         eprintln!("backlog: bare consumer again…");
         let after = ceiling.consume(n, bodies, async |_| Ok(())).await?;
-        let (ceiling_time, broker_at_ceiling) = if before.0 <= after.0 {
-            (before.0, &before.1)
-        } else {
-            (after.0, &after.1)
-        };
+        let (ceiling_time, broker_at_ceiling) = if before.0 <= after.0 { &before } else { &after };
         let ceiling_rate = n as f64 / ceiling_time.as_secs_f64();
         let worker_rate = n as f64 / drained.as_secs_f64();
         let ratio = worker_rate / ceiling_rate;
@@ -1581,9 +1577,6 @@ struct StoreFloor {
     statements: [String; 3],
     /// Callbacks written so far.
     written: u64,
-    /// Tags each statement's copies, so their ids are new. It starts at the row count, so each
-    /// `StoreFloor` on the same store tags past the ones before it.
-    tag: i64,
 }
 
 impl StoreFloor {
@@ -1640,7 +1633,6 @@ impl StoreFloor {
             seeds,
             statements: [callbacks, inbound, outbox],
             written: 0,
-            tag: seeds,
         })
     }
 
@@ -1651,15 +1643,16 @@ impl StoreFloor {
         while left > 0 {
             let a = (self.written as i64 % self.seeds) + 1;
             let b = (a + left - 1).min(self.seeds);
-            self.tag += 1;
-            // Each copy's phone number is its row's number in the store, so none repeats.
-            let phone_offset = self.seeds + self.written as i64 + 1 - a;
+            // The store's row number of this statement's first copy. It tags the copies' ids
+            // and makes their phone numbers, so neither repeats, even across `StoreFloor`s on
+            // the same store (each starts past the rows there were).
+            let first = self.seeds + self.written as i64 + 1;
             for statement in &self.statements {
                 sqlx::query(statement)
-                    .bind(self.tag)
+                    .bind(first)
                     .bind(a)
                     .bind(b)
-                    .bind(phone_offset)
+                    .bind(first - a)
                     .execute(&mut *tx)
                     .await?;
             }

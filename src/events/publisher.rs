@@ -102,6 +102,9 @@ impl Publisher {
             lost,
         )
         .await;
+        // What the broker confirmed leaves the outbox now, so a restart does not publish it
+        // again (one try: the worker is stopping).
+        self.remove_confirmed(&shutdown).await;
         info!(%exchange, "Events publisher stopped.");
         Ok(())
     }
@@ -166,7 +169,6 @@ impl Publisher {
         let mut last_removal = tokio::time::Instant::now();
         loop {
             if shutdown.is_cancelled() {
-                self.remove_confirmed(shutdown).await;
                 return Ok(());
             }
             let after = self.confirmed.load(Ordering::Relaxed);
@@ -182,10 +184,13 @@ impl Publisher {
                     continue;
                 }
             };
-            if batch.is_empty() {
-                // Caught up: a quiet outbox holds nothing already published.
+            // Caught up, a quiet outbox holds nothing already published; while events keep
+            // coming, the delete waits for its turn once a second.
+            if batch.is_empty() || last_removal.elapsed() >= REMOVE_EVERY {
                 self.remove_confirmed(shutdown).await;
                 last_removal = tokio::time::Instant::now();
+            }
+            if batch.is_empty() {
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return Ok(()),
@@ -205,10 +210,6 @@ impl Publisher {
             // reconnect starts at the first unconfirmed event.
             if let Some(last) = confirmed {
                 self.confirmed.store(last, Ordering::Relaxed);
-            }
-            if failure.is_some() || last_removal.elapsed() >= REMOVE_EVERY {
-                self.remove_confirmed(shutdown).await;
-                last_removal = tokio::time::Instant::now();
             }
             if let Some(error) = failure {
                 return Err(error);
