@@ -38,8 +38,8 @@ const READERS: u32 = 4;
 pub const WRITER_CACHE: &str = "-65536";
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
-/// `IN` list of the open states; must match the partial unique index in the migration so
-/// SQLite can use that index.
+/// `IN` list of the open states; must match the migrations' partial indexes on open callbacks
+/// so SQLite can use them, and the unique index `callbacks_phone_queue_open`.
 const OPEN: &str = "state IN ('scheduled', 'due', 'claimed')";
 
 const CALLBACK_COLUMNS: &str = "id, queue, phone, priority, state, sla, customer, agent_id, \
@@ -1459,7 +1459,7 @@ mod sql {
           WHERE callback_id IS NULL AND created_at < ? AND state <> 'pending' LIMIT ?)";
 
     /// Open callbacks of `n` phones, in every queue. Written `+state` so the planner looks
-    /// the phones up in `callbacks_phone`: with a long list it would otherwise walk every open
+    /// the phones up in `callbacks_phone_queue_open`: with a long list it would otherwise walk every open
     /// callback through `callbacks_state_id`, a cost that grows with the store.
     pub fn open_for_phones(n: usize) -> String {
         format!(
@@ -2166,6 +2166,46 @@ mod tests {
         rows.iter().map(|r| r.get::<String, _>("detail")).collect()
     }
 
+    /// The store itself refuses a second open callback for a phone and queue (intake merges
+    /// duplicates before it gets there; this is the net under it), while closed ones repeat.
+    #[tokio::test]
+    async fn one_open_callback_per_phone_and_queue() {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        MIGRATOR.run(&pool).await.unwrap();
+        let insert = |id: &'static str, queue: &'static str, state: &'static str| {
+            sqlx::query(
+                "INSERT INTO callbacks (id, queue, phone, priority, state, sla, requested_at, \
+                 due_at, deadline, requests, attempts, max_attempts, at_risk_notified, \
+                 updated_at) VALUES (?, ?, '+31612345678', 'normal', ?, 'pending', 0, 0, 0, 1, \
+                 0, 3, 0, 0)",
+            )
+            .bind(id)
+            .bind(queue)
+            .bind(state)
+            .execute(&pool)
+        };
+        for (id, state) in [
+            ("c1", "completed"),
+            ("c2", "cancelled"),
+            ("o1", "scheduled"),
+        ] {
+            insert(id, "support", state).await.unwrap();
+        }
+        for state in ["scheduled", "due", "claimed"] {
+            let refused = insert("o2", "support", state).await.unwrap_err();
+            assert!(
+                refused.to_string().contains("UNIQUE constraint failed"),
+                "{refused}"
+            );
+        }
+        insert("o3", "sales", "due").await.unwrap();
+        insert("c3", "support", "expired").await.unwrap();
+    }
+
     /// Every hot-path query must be answered from an index: no full table scan, no sort of the
     /// whole result (tables grow to millions of rows).
     #[tokio::test]
@@ -2230,7 +2270,7 @@ mod tests {
         let long_lists = [
             (
                 sql::open_for_phones(sql::CHUNK),
-                "callbacks_phone (phone=?)",
+                "callbacks_phone_queue_open (phone=?)",
             ),
             (
                 sql::ready_deliveries_by_id(sql::CHUNK),
