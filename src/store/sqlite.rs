@@ -39,7 +39,8 @@ pub const WRITER_CACHE: &str = "-65536";
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
 /// `IN` list of the open states; must match the migrations' partial indexes on open callbacks
-/// so SQLite can use them, and the unique index `callbacks_phone_queue_open`.
+/// so SQLite can use them. (The unique index `callbacks_phone_queue_open` tells open from
+/// closed by `closed_at`, which only closed callbacks have.)
 const OPEN: &str = "state IN ('scheduled', 'due', 'claimed')";
 
 const CALLBACK_COLUMNS: &str = "id, queue, phone, priority, state, sla, customer, agent_id, \
@@ -1357,8 +1358,17 @@ mod sql {
     }
 
     /// Callbacks by id: a new id inserts, a known one updates every column but the
-    /// identity (id, queue, phone, requested_at).
-    pub fn upsert_callbacks(rows: usize) -> String {
+    /// identity (id, queue, phone, requested_at), and `closed_at` unless `closing`. SQLite
+    /// rewrites the entries of every index whose columns an UPDATE sets, changed or not; left
+    /// out, `closed_at` keeps `callbacks_phone_queue_open` (keyed by callers' numbers, so a
+    /// random page each time) untouched by all the updates of open callbacks. Only closing
+    /// sets it: a closed callback never opens again.
+    pub fn upsert_callbacks(rows: usize, closing: bool) -> String {
+        let closed_at = if closing {
+            "closed_at = excluded.closed_at, "
+        } else {
+            ""
+        };
         format!(
             "INSERT INTO callbacks ({}) VALUES {} \
              ON CONFLICT (id) DO UPDATE SET \
@@ -1373,7 +1383,7 @@ mod sql {
                first_attempt_at = excluded.first_attempt_at, \
                last_outcome = excluded.last_outcome, \
                at_risk_notified = excluded.at_risk_notified, \
-               cancel_reason = excluded.cancel_reason, closed_at = excluded.closed_at, \
+               cancel_reason = excluded.cancel_reason, {closed_at}\
                updated_at = excluded.updated_at, next_fire_at = excluded.next_fire_at, \
                no_answer_attempts = excluded.no_answer_attempts, \
                busy_attempts = excluded.busy_attempts, \
@@ -1880,13 +1890,15 @@ async fn load_queue(conn: &mut SqliteConnection, id: CallbackId) -> Result<Optio
     queue.map(|q| parse_queue(&q)).transpose()
 }
 
-/// Inserts or updates callbacks with their fire times, many rows per statement.
+/// Inserts or updates callbacks with their fire times, many rows per statement, in order.
 async fn upsert_callbacks(
     conn: &mut SqliteConnection,
     rows: &[(&Callback, Option<DateTime<Utc>>)],
 ) -> Result {
-    for chunk in rows.chunks(sql::CHUNK) {
-        let statement = sql::upsert_callbacks(chunk.len());
+    let closed = |row: &(&Callback, _)| row.0.closed_at.is_some();
+    let runs = rows.chunk_by(|a, b| closed(a) == closed(b));
+    for chunk in runs.flat_map(|run| run.chunks(sql::CHUNK)) {
+        let statement = sql::upsert_callbacks(chunk.len(), closed(&chunk[0]));
         let mut query = sqlx::query(&statement);
         for (c, next_fire_at) in chunk {
             query = query
@@ -2176,16 +2188,19 @@ mod tests {
             .await
             .unwrap();
         MIGRATOR.run(&pool).await.unwrap();
+        // As the lifecycle writes them: `closed_at` is set when, and only when, it closes.
         let insert = |id: &'static str, queue: &'static str, state: &'static str| {
+            let closed_at = (!["scheduled", "due", "claimed"].contains(&state)).then_some(1);
             sqlx::query(
                 "INSERT INTO callbacks (id, queue, phone, priority, state, sla, requested_at, \
                  due_at, deadline, requests, attempts, max_attempts, at_risk_notified, \
-                 updated_at) VALUES (?, ?, '+31612345678', 'normal', ?, 'pending', 0, 0, 0, 1, \
-                 0, 3, 0, 0)",
+                 updated_at, closed_at) VALUES (?, ?, '+31612345678', 'normal', ?, 'pending', \
+                 0, 0, 0, 1, 0, 3, 0, 0, ?)",
             )
             .bind(id)
             .bind(queue)
             .bind(state)
+            .bind(closed_at)
             .execute(&pool)
         };
         for (id, state) in [
@@ -2204,6 +2219,12 @@ mod tests {
         }
         insert("o3", "sales", "due").await.unwrap();
         insert("c3", "support", "expired").await.unwrap();
+        // Closing the open one makes room for the next.
+        sqlx::query("UPDATE callbacks SET state = 'completed', closed_at = 2 WHERE id = 'o1'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        insert("o4", "support", "scheduled").await.unwrap();
     }
 
     /// Every hot-path query must be answered from an index: no full table scan, no sort of the
