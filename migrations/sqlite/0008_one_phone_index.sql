@@ -6,7 +6,7 @@
 --   erasure index;
 -- - the unique one was partial on `state`, and SQLite rewrites an index entry whenever an
 --   UPDATE sets a column its key or WHERE reads, so every step of every callback (due,
---   claimed, retried) rewrote its entry too: a burst of 10,000 due callbacks dirtied about
+--   claimed, retried) rewrote its entry too: a burst of 10,000 due callbacks could dirty up to
 --   10,000 random pages.
 --
 -- The new index keeps the rule of callbacks_one_open: at most one open callback per phone and
