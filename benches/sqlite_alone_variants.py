@@ -10,10 +10,9 @@ time, to show which part costs what. Usage:
 
 Per callback it writes what the bench's SQLite alone writes (`StoreFloor` in
 src/bin/callkeeper-bench.rs): one `callbacks` row with all its indexes and a phone number
-scattered as callers' are, one `inbound_events`
-key with a random event id (and a random integer for its hash, where the schema stores one)
-and one 540-byte outbox event, 1024 callbacks per transaction, with WAL, synchronous=FULL and
-the worker's 64 MiB page cache. One INSERT ... SELECT per table and transaction, so no client
+scattered as callers' are, one `inbound_events` key with a random event id (and a random
+integer for its hash, where the schema stores one) and one 540-byte outbox event, 1024
+callbacks per transaction, with WAL, synchronous=FULL and the worker's 64 MiB page cache. One INSERT ... SELECT per table and transaction, so no client
 cost is in the figures. The indexes and columns are read from the store, so the variants
 follow the schema. Each variant runs on a fresh copy `--repeat` times; the median counts.
 """

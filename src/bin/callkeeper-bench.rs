@@ -1439,11 +1439,7 @@ async fn clone_callbacks(db: &Path, seeds: u64, extra: u64) -> anyhow::Result<Du
         now_ms >> 16,
         now_ms & 0xffff
     );
-    let first_phone = PHONE_CLONE_BASE;
-    let phone_expr = format!(
-        "printf('+316%d%07d', 1 + ({first_phone} + seq.n) / 10000000, \
-         ({first_phone} + seq.n) % 10000000 * {PHONE_SCATTER} % 10000000)"
-    );
+    let phone_expr = phone_sql(&format!("{PHONE_CLONE_BASE} + seq.n"));
     let select: Vec<String> = columns
         .iter()
         .map(|c| match c.as_str() {
@@ -1600,9 +1596,11 @@ impl StoreFloor {
             .iter()
             .map(|c| match c.as_str() {
                 "id" => "printf('%s-f%d', id, ?1)".into(),
-                // Scattered as `phone` scatters them, over 9 digits (3^18 shares no factor
-                // with 10^9), and apart from every published number by the prefix.
-                "phone" => "printf('+317%09d', (rowid + ?4) * 387420489 % 1000000000)".into(),
+                // Apart from every published number by the prefix, and scattered as `phone`
+                // scatters those, over 9 digits.
+                "phone" => {
+                    format!("printf('+317%09d', (rowid + ?4) * {FLOOR_PHONE_SCATTER} % 1000000000)")
+                }
                 other => format!("\"{other}\""),
             })
             .collect();
@@ -2371,6 +2369,8 @@ const PHONE_LIMIT: u64 = 50_000_000;
 /// Multiplying by this modulo 10^7 is a bijection on 7-digit numbers (3^14 shares no factor with
 /// 10^7), so consecutive requests get distinct numbers far apart.
 const PHONE_SCATTER: u64 = 4_782_969;
+/// The same over 9 digits (3^18 and 10^9), for SQLite alone's copies.
+const FLOOR_PHONE_SCATTER: u64 = 387_420_489;
 
 /// The `i`-th distinct valid Dutch mobile number: `+3161` + 7 digits for the first ten million,
 /// then `+3162…` and so on. The 7 digits are `i` scattered: callers' numbers come in no order,
@@ -2381,6 +2381,13 @@ fn phone(i: u64) -> String {
         "+316{}{:07}",
         1 + i / 10_000_000,
         (i % 10_000_000) * PHONE_SCATTER % 10_000_000
+    )
+}
+
+/// [`phone`] as an SQLite expression, for rows the bench writes in SQL; `i` is an expression.
+fn phone_sql(i: &str) -> String {
+    format!(
+        "printf('+316%d%07d', 1 + ({i}) / 10000000, ({i}) % 10000000 * {PHONE_SCATTER} % 10000000)"
     )
 }
 
@@ -2771,6 +2778,22 @@ mod tests {
         assert_eq!(numbers.len(), 200_000);
         assert_ne!(phone(1)[5..].parse::<u64>().unwrap(), 1);
         assert!(check_phone_ranges(PHONE_CLONE_BASE).is_err());
+    }
+
+    #[tokio::test]
+    async fn phone_sql_makes_the_numbers_phone_makes() {
+        let mut conn = SqliteConnectOptions::new()
+            .filename(":memory:")
+            .connect()
+            .await
+            .unwrap();
+        for i in [0, 1, 9_999_999, 10_000_000, PHONE_CLONE_BASE + 12_345] {
+            let made: String = sqlx::query_scalar(&format!("SELECT {}", phone_sql(&i.to_string())))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(made, phone(i));
+        }
     }
 
     #[test]

@@ -1469,8 +1469,8 @@ mod sql {
           WHERE callback_id IS NULL AND created_at < ? AND state <> 'pending' LIMIT ?)";
 
     /// Open callbacks of `n` phones, in every queue. Written `+state` so the planner looks
-    /// the phones up in `callbacks_phone_queue_open`: with a long list it would otherwise walk every open
-    /// callback through `callbacks_state_id`, a cost that grows with the store.
+    /// the phones up in `callbacks_phone_queue_open`: with a long list it would otherwise walk
+    /// every open callback through `callbacks_state_id`, a cost that grows with the store.
     pub fn open_for_phones(n: usize) -> String {
         format!(
             "SELECT {CALLBACK_COLUMNS} FROM callbacks WHERE phone IN ({}) AND +{OPEN}",
@@ -1890,7 +1890,9 @@ async fn load_queue(conn: &mut SqliteConnection, id: CallbackId) -> Result<Optio
     queue.map(|q| parse_queue(&q)).transpose()
 }
 
-/// Inserts or updates callbacks with their fire times, many rows per statement, in order.
+/// Inserts or updates callbacks with their fire times, many rows per statement, in order: a
+/// callback that closes must be written before a new open one for its phone and queue, or the
+/// unique index refuses the new one. So rows go in runs of closing or not, never regrouped.
 async fn upsert_callbacks(
     conn: &mut SqliteConnection,
     rows: &[(&Callback, Option<DateTime<Utc>>)],
@@ -2190,7 +2192,7 @@ mod tests {
         MIGRATOR.run(&pool).await.unwrap();
         // As the lifecycle writes them: `closed_at` is set when, and only when, it closes.
         let insert = |id: &'static str, queue: &'static str, state: &'static str| {
-            let closed_at = (!["scheduled", "due", "claimed"].contains(&state)).then_some(1);
+            let closed_at = (!State::parse(state).unwrap().is_open()).then_some(1);
             sqlx::query(
                 "INSERT INTO callbacks (id, queue, phone, priority, state, sla, requested_at, \
                  due_at, deadline, requests, attempts, max_attempts, at_risk_notified, \
