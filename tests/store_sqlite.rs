@@ -122,6 +122,16 @@ fn request(phone_raw: &str, queue_name: &str) -> CallbackRequest {
     }
 }
 
+/// `request` asking to be called no sooner than `due` (a window open from then for a day), so
+/// it waits for the timer instead of being due on arrival.
+fn wanted_from(mut request: CallbackRequest, due: DateTime<Utc>) -> CallbackRequest {
+    request.window = Some(Window {
+        not_before: due,
+        not_after: due + TimeDelta::days(1),
+    });
+    request
+}
+
 fn event(id: &str, fingerprint: &str, command: Command) -> Inbound {
     Inbound {
         key: EventKey {
@@ -164,17 +174,14 @@ impl Harness {
 
     /// Creates a callback for `phone` in `queue` at `now` and returns its id.
     async fn create(&self, phone_raw: &str, queue_name: &str, now: DateTime<Utc>) -> CallbackId {
-        let id = format!("req-{}", CallbackId::new());
-        match self
-            .apply(
-                event(&id, "fp", Command::Request(request(phone_raw, queue_name))),
-                now,
-            )
-            .await
-        {
-            InboundOutcome::Created(id) => id,
-            other => panic!("expected Created, got {other:?}"),
-        }
+        self.create_from(request(phone_raw, queue_name), now).await
+    }
+
+    /// Creates a callback for `support` at half an hour before `due` that waits for the timer
+    /// until `due`.
+    async fn schedule(&self, phone_raw: &str, due: DateTime<Utc>) -> CallbackId {
+        let wanted = wanted_from(request(phone_raw, "support"), due);
+        self.create_from(wanted, due - mins(30)).await
     }
 
     async fn deliveries_of(&self, id: CallbackId) -> Vec<callkeeper::notify::Delivery> {
@@ -200,7 +207,8 @@ async fn request_creates_a_readable_callback() {
     assert_eq!(cb.id, id);
     assert_eq!(cb.phone.as_str(), PHONE);
     assert_eq!(cb.queue.as_str(), "support");
-    assert_eq!(cb.state, State::Scheduled);
+    // Due on arrival, so intake made it due at once.
+    assert_eq!(cb.state, State::Due);
     assert_eq!(cb.sla, SlaStatus::Pending);
     assert_eq!(cb.requests, 1);
     assert_eq!(cb.max_attempts, 2);
@@ -352,7 +360,7 @@ async fn duplicate_request_merges_into_the_open_callback() {
     let open = h
         .store
         .list(&ListFilter {
-            state: Some(State::Scheduled),
+            state: Some(State::Due),
             ..Default::default()
         })
         .await
@@ -385,10 +393,7 @@ async fn opt_out_cancels_everywhere_and_refuses_new_requests() {
         assert_eq!(cb.cancel_reason, Some(CancelReason::OptedOut));
         assert_eq!(cb.closed_at, Some(t0() + mins(1)));
     }
-    assert_eq!(
-        h.store.get(other).await.unwrap().unwrap().state,
-        State::Scheduled
-    );
+    assert_eq!(h.store.get(other).await.unwrap().unwrap().state, State::Due);
     let again = event("r2", "fp", Command::Request(request(PHONE, "sales")));
     assert_eq!(h.reason(again.clone(), t0() + mins(2)).await, "opted_out");
     // The refusal was not recorded, and the opt-out ends after its period.
@@ -443,10 +448,7 @@ async fn cancel_by_id_and_by_phone() {
         h.store.get(support).await.unwrap().unwrap().state,
         State::Cancelled
     );
-    assert_eq!(
-        h.store.get(sales).await.unwrap().unwrap().state,
-        State::Scheduled
-    );
+    assert_eq!(h.store.get(sales).await.unwrap().unwrap().state, State::Due);
     let nobody = event(
         "c4",
         "fp",
@@ -583,13 +585,72 @@ async fn a_request_after_a_cancel_in_the_same_batch_opens_a_new_callback() {
     let old = h.store.get(stored).await.unwrap().unwrap();
     assert_eq!((old.requests, old.state), (2, State::Cancelled));
     let new = h.store.get(fresh).await.unwrap().unwrap();
-    assert_eq!((new.requests, new.state), (2, State::Scheduled));
+    assert_eq!((new.requests, new.state), (2, State::Due));
+}
+
+/// A request due on arrival is stepped in intake's own transaction, as the timer would step
+/// it: the due webhook is queued, the events say "requested" (still scheduled) then "due",
+/// and the timer is given the next time only.
+#[tokio::test]
+async fn a_request_due_on_arrival_is_made_due_by_intake() {
+    let mut h = harness().await;
+    let id = h.create(PHONE, "support", t0()).await;
+    let cb = h.store.get(id).await.unwrap().unwrap();
+    assert_eq!((cb.state, cb.due_at), (State::Due, t0()));
+    let notices: Vec<Notice> = h.deliveries_of(id).await.iter().map(|d| d.notice).collect();
+    assert_eq!(notices, [Notice::Due]);
+    tokio::time::timeout(Duration::from_secs(10), h.wakeups.deliveries.notified())
+        .await
+        .expect("the queued webhook must wake the notifier");
+
+    let at_risk = t0() + TimeDelta::hours(4) - mins(15);
+    assert_eq!(h.wakeups.fire.try_recv().unwrap(), (at_risk, id));
+    assert!(
+        h.wakeups.fire.try_recv().is_err(),
+        "no wakeup for the time passed"
+    );
+    assert_eq!(
+        h.store.fire_times(at_risk, 10).await.unwrap(),
+        [(at_risk, id)]
+    );
+
+    let states: Vec<(String, String)> = h
+        .store
+        .pending_events(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let body: serde_json::Value = serde_json::from_str(&e.body).unwrap();
+            (
+                e.event_type.clone(),
+                body["data"]["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("callkeeper.callback.requested".into(), "scheduled".into()),
+            ("callkeeper.callback.due".into(), "due".into()),
+        ]
+    );
+
+    // The timer stepping it later finds nothing to send again.
+    let again = h.store.advance_one(id, t0() + mins(1)).await.unwrap();
+    assert_eq!((again.deliveries, again.next_fire_at), (0, Some(at_risk)));
+    assert_eq!(h.deliveries_of(id).await.len(), 1, "no second due webhook");
 }
 
 #[tokio::test]
 async fn advance_when_due_queues_one_due_webhook() {
     let h = harness().await;
-    let id = h.create(PHONE, "support", t0()).await;
+    let id = h.schedule(PHONE, t0()).await;
+    assert_eq!(
+        h.store.get(id).await.unwrap().unwrap().state,
+        State::Scheduled
+    );
+    assert!(h.deliveries_of(id).await.is_empty());
     let advanced = h.store.advance_one(id, t0()).await.unwrap();
     assert_eq!(advanced.deliveries, 1);
     // Next: at-risk time, 15 minutes before the 4 h deadline.
@@ -663,7 +724,7 @@ async fn at_risk_goes_out_once_then_missed_escalates() {
 #[tokio::test]
 async fn advance_long_past_the_deadline_sends_due_and_missed() {
     let h = harness().await;
-    let id = h.create(PHONE, "support", t0()).await;
+    let id = h.schedule(PHONE, t0()).await;
     let advanced = h
         .store
         .advance_one(id, t0() + TimeDelta::hours(5))
@@ -689,7 +750,7 @@ async fn advance_long_past_the_deadline_sends_due_and_missed() {
 #[tokio::test]
 async fn advance_before_the_fire_time_changes_nothing() {
     let h = harness().await;
-    let id = h.create(PHONE, "support", t0()).await;
+    let id = h.schedule(PHONE, t0()).await;
     let early = h.store.advance_one(id, t0() - mins(1)).await.unwrap();
     assert_eq!(early.deliveries, 0);
     assert_eq!(early.next_fire_at, Some(t0()));
@@ -706,8 +767,8 @@ async fn advance_before_the_fire_time_changes_nothing() {
 #[tokio::test]
 async fn advance_steps_a_batch_in_order_and_reports_the_missing() {
     let h = harness().await;
-    let first = h.create(PHONE, "support", t0()).await;
-    let second = h.create("+31612345679", "support", t0()).await;
+    let first = h.schedule(PHONE, t0()).await;
+    let second = h.schedule("+31612345679", t0()).await;
     let stepped = h
         .store
         .advance(&[first, CallbackId::new(), second], t0())
@@ -727,10 +788,15 @@ async fn advance_steps_a_batch_in_order_and_reports_the_missing() {
 async fn advance_writes_a_batch_larger_than_one_statement_and_steps_a_repeat_once() {
     let h = harness().await;
     // More callbacks than one multi-row statement holds, so the rows go out in several.
-    let requests = distinct_requests("req", 450);
+    let mut requests = distinct_requests("req", 450);
+    for event in &mut requests {
+        if let Command::Request(request) = &mut event.command {
+            *request = wanted_from(request.clone(), t0());
+        }
+    }
     let created: Vec<CallbackId> = h
         .store
-        .apply_inbound(&requests, t0())
+        .apply_inbound(&requests, t0() - mins(30))
         .await
         .unwrap()
         .into_iter()
@@ -1235,7 +1301,7 @@ async fn data_survives_close_and_reopen() {
 #[tokio::test]
 async fn wakeups_follow_commits() {
     let mut h = harness().await;
-    let id = h.create(PHONE, "support", t0()).await;
+    let id = h.schedule(PHONE, t0()).await;
     assert_eq!(h.wakeups.fire.try_recv().unwrap(), (t0(), id));
     assert!(h.wakeups.fire.try_recv().is_err(), "one wakeup per write");
 
@@ -1257,8 +1323,8 @@ async fn wakeups_follow_commits() {
 #[tokio::test]
 async fn fire_times_are_earliest_first_and_bounded() {
     let h = harness().await;
-    let late = h.create(PHONE, "support", t0() + mins(30)).await;
-    let early = h.create("+31612345670", "support", t0()).await;
+    let late = h.schedule(PHONE, t0() + mins(30)).await;
+    let early = h.schedule("+31612345670", t0()).await;
     let fires = h.store.fire_times(t0() + mins(60), 10).await.unwrap();
     assert_eq!(fires, vec![(t0(), early), (t0() + mins(30), late)]);
     assert_eq!(
@@ -1323,7 +1389,7 @@ async fn a_large_batch_merges_repeats_across_its_statements() {
     assert_ne!(created[0], elsewhere);
     for id in [created[0], created[1], created[149]] {
         let cb = h.store.get(id).await.unwrap().unwrap();
-        assert_eq!((cb.requests, cb.state), (3, State::Scheduled));
+        assert_eq!((cb.requests, cb.state), (3, State::Due));
     }
     let other = h.store.get(elsewhere).await.unwrap().unwrap();
     assert_eq!((other.requests, other.queue.as_str()), (1, "sales"));
@@ -1585,7 +1651,9 @@ async fn a_personal_callback_falls_back_to_the_queue_once_across_a_restart() {
     let h = harness().await;
     let mut personal = request(PHONE, "retry");
     personal.agent_id = Some("agent-7".into());
-    let id = h.create_from(personal, t0()).await;
+    let id = h
+        .create_from(wanted_from(personal, t0()), t0() - mins(30))
+        .await;
 
     let first = h.store.advance_one(id, t0()).await.unwrap();
     assert_eq!(first.deliveries, 1);
@@ -1644,9 +1712,8 @@ async fn a_window_closed_on_arrival_is_stored_and_expires_without_a_due() {
         not_before: t0() - TimeDelta::hours(3),
         not_after: t0() - TimeDelta::hours(1),
     });
+    // Past its window on arrival: intake expires it at once.
     let id = h.create_from(late, t0()).await;
-    assert_eq!(h.store.fire_times(t0(), 10).await.unwrap().len(), 1);
-    h.store.advance_one(id, t0()).await.unwrap();
     let cb = h.store.get(id).await.unwrap().unwrap();
     assert_eq!((cb.state, cb.sla), (State::Expired, SlaStatus::Missed));
     let notices: Vec<Notice> = h.deliveries_of(id).await.iter().map(|d| d.notice).collect();
@@ -1938,7 +2005,6 @@ async fn every_write_path_puts_its_lifecycle_events_in_the_outbox() {
         t0(),
     )
     .await;
-    h.store.advance_one(id, t0()).await.unwrap();
     h.store.claim(id, "a1", t0()).await.unwrap();
     // Refused: writes nothing, so no event.
     assert!(h.store.claim(id, "a2", t0()).await.is_err());
@@ -1956,8 +2022,8 @@ async fn every_write_path_puts_its_lifecycle_events_in_the_outbox() {
         outbox_types(&h, id).await,
         [
             "requested",
-            "merged",
             "due",
+            "merged",
             "claimed",
             "attempted",
             "due",
@@ -1978,7 +2044,10 @@ async fn every_write_path_puts_its_lifecycle_events_in_the_outbox() {
         t0(),
     )
     .await;
-    assert_eq!(outbox_types(&h, other).await, ["requested", "cancelled"]);
+    assert_eq!(
+        outbox_types(&h, other).await,
+        ["requested", "due", "cancelled"]
+    );
 
     // Reading after a seq (the last one the broker confirmed) skips it and what came before,
     // whether or not it was removed yet.

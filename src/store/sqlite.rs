@@ -193,7 +193,7 @@ impl SqliteStore {
             (true, None) => prior.next_fire_at,
         };
         match effects.deferred.as_mut() {
-            Some(rows) => rows.callbacks.push((callback.clone(), next)),
+            Some(rows) => rows.put_callback(callback, next),
             None => upsert_callbacks(conn, &[(&*callback, next)]).await?,
         }
         // Written to the outbox in bulk by `commit`, in this order.
@@ -341,11 +341,12 @@ impl SqliteStore {
         Ok(cancelled)
     }
 
-    /// Steps one callback, as loaded inside the caller's transaction.
+    /// Steps one callback, as loaded (or just written) inside the caller's transaction.
     async fn advance_in(
         &self,
         conn: &mut SqliteConnection,
-        (mut callback, stored_next): (Callback, Option<DateTime<Utc>>),
+        callback: &mut Callback,
+        stored_next: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
         effects: &mut Effects,
     ) -> Result<Advanced> {
@@ -368,12 +369,12 @@ impl SqliteStore {
             });
         };
         let before = callback.clone();
-        let notices = lifecycle::advance(&mut callback, policy, now);
+        let notices = lifecycle::advance(callback, policy, now);
         let queued_before = effects.deliveries;
         let next_fire_at = self
             .save(
                 conn,
-                &mut callback,
+                callback,
                 Prior::of(&before, stored_next),
                 &notices,
                 now,
@@ -416,7 +417,7 @@ impl SqliteStore {
         }
         let plan = policy.plan(request, now);
         let key = (request.phone.clone(), request.queue.clone());
-        let (outcome, callback, next) = match open.remove(&key) {
+        let (outcome, mut callback, mut next) = match open.remove(&key) {
             Some((mut callback, stored_next)) => {
                 let before = callback.clone();
                 lifecycle::merge(&mut callback, request, plan, now);
@@ -436,6 +437,17 @@ impl SqliteStore {
                 (InboundOutcome::Created(callback.id), callback, next)
             }
         };
+        // Due at once (the usual "call me back now"): stepped here, in intake's transaction, as
+        // the timer would step it a moment later. That saves the timer's read, rewrite and
+        // commit of every such callback, and its webhook waits for no one.
+        if next.is_some_and(|at| at <= now) {
+            // The timer must not get the fire time just passed; it gets the next one.
+            effects.fires.pop();
+            next = self
+                .advance_in(conn, &mut callback, next, now, effects)
+                .await?
+                .next_fire_at;
+        }
         open.insert(key, (callback, next));
         Ok(outcome)
     }
@@ -583,6 +595,17 @@ struct Effects {
 struct Deferred {
     callbacks: Vec<(Callback, Option<DateTime<Utc>>)>,
     deliveries: Vec<Delivery>,
+}
+
+impl Deferred {
+    /// Keeps a callback's row for the write. A callback saved twice in a row (intake stepping
+    /// the one it just created) is written once, in its last state.
+    fn put_callback(&mut self, callback: &Callback, next: Option<DateTime<Utc>>) {
+        match self.callbacks.last_mut() {
+            Some(last) if last.0.id == callback.id => *last = (callback.clone(), next),
+            _ => self.callbacks.push((callback.clone(), next)),
+        }
+    }
 }
 
 impl Effects {
@@ -821,7 +844,10 @@ impl Store for SqliteStore {
             // `None`: erased while its fire time was in the timer's hands, or listed twice (it
             // was stepped already, and the timer holds its next time from that step).
             stepped.push(match loaded.remove(id) {
-                Some(row) => Some(self.advance_in(&mut tx, row, now, &mut effects).await?),
+                Some((mut callback, next)) => Some(
+                    self.advance_in(&mut tx, &mut callback, next, now, &mut effects)
+                        .await?,
+                ),
                 None => None,
             });
         }
