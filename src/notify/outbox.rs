@@ -3,14 +3,16 @@
 
 use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, Utc};
 use serde::Serialize;
-use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use super::Delivery;
 use crate::domain::lifecycle::Notice;
 use crate::domain::sla::{LocalDay, SlaReport};
-use crate::domain::{Callback, QueueName};
+use crate::domain::{
+    CallInfo, Callback, CallbackId, Customer, OfferedTo, Outcome, Priority, QueueName, SlaStatus,
+    State, Window,
+};
 use crate::schedule::QueuePolicy;
 
 /// The deliveries for `notices` about `callback`: each to the agent endpoint, escalating ones to
@@ -44,41 +46,90 @@ pub fn deliveries_for(
     out
 }
 
-/// The webhook body: `{ "type", "timestamp", "data" }`.
+/// Every webhook body: `{ "type", "timestamp", "data" }`.
+#[derive(Serialize)]
+struct Envelope<T> {
+    r#type: Notice,
+    timestamp: String,
+    data: T,
+}
+
+impl<T: Serialize> Envelope<T> {
+    fn render(notice: Notice, now: DateTime<Utc>, data: T) -> String {
+        let envelope = Self {
+            r#type: notice,
+            timestamp: rfc3339(now),
+            data,
+        };
+        serde_json::to_string(&envelope).expect("a webhook body has only string keys")
+    }
+}
+
+/// The `data` of a callback's notice. Serialized straight from the callback: a body is
+/// rendered for every notice, and building a `serde_json::Value` tree first cost several
+/// times as much.
+#[derive(Serialize)]
+struct NoticeData<'a> {
+    callback_id: CallbackId,
+    queue: &'a QueueName,
+    priority: Priority,
+    phone: &'a str,
+    customer: &'a Option<Customer>,
+    /// A personal callback names its agent until it is offered to the whole queue.
+    agent_id: Option<&'a str>,
+    offered_to: OfferedTo,
+    context: &'a Option<serde_json::Value>,
+    call: &'a Option<CallInfo>,
+    window: Option<Window>,
+    state: State,
+    sla: SlaStatus,
+    requested_at: String,
+    due_at: String,
+    deadline: String,
+    /// The attempt the agent is about to make (1-based).
+    attempt: u32,
+    attempts_made: u32,
+    max_attempts: u32,
+    last_outcome: Option<Outcome>,
+    requests: u32,
+    callback_url: String,
+    claim_url: String,
+    attempt_url: String,
+}
+
+/// The webhook body of `notice` about `callback`.
 pub fn body(notice: Notice, callback: &Callback, public_url: &str, now: DateTime<Utc>) -> String {
     let base = format!(
         "{}/v1/callbacks/{}",
         public_url.trim_end_matches('/'),
         callback.id
     );
-    let data = json!({
-        "callback_id": callback.id,
-        "queue": callback.queue,
-        "priority": callback.priority,
-        "phone": callback.phone.as_str(),
-        "customer": callback.customer,
-        // A personal callback names its agent until it is offered to the whole queue.
-        "agent_id": callback.offered_agent(),
-        "offered_to": callback.offered_to(),
-        "context": callback.context,
-        "call": callback.call,
-        "window": callback.window,
-        "state": callback.state,
-        "sla": callback.sla,
-        "requested_at": rfc3339(callback.requested_at),
-        "due_at": rfc3339(callback.due_at),
-        "deadline": rfc3339(callback.deadline),
-        // The attempt the agent is about to make (1-based).
-        "attempt": callback.attempts + 1,
-        "attempts_made": callback.attempts,
-        "max_attempts": callback.max_attempts,
-        "last_outcome": callback.last_outcome,
-        "requests": callback.requests,
-        "callback_url": base,
-        "claim_url": format!("{base}/claim"),
-        "attempt_url": format!("{base}/attempts"),
-    });
-    json!({ "type": notice, "timestamp": rfc3339(now), "data": data }).to_string()
+    let data = NoticeData {
+        callback_id: callback.id,
+        queue: &callback.queue,
+        priority: callback.priority,
+        phone: callback.phone.as_str(),
+        customer: &callback.customer,
+        agent_id: callback.offered_agent(),
+        offered_to: callback.offered_to(),
+        context: &callback.context,
+        call: &callback.call,
+        window: callback.window,
+        state: callback.state,
+        sla: callback.sla,
+        requested_at: rfc3339(callback.requested_at),
+        due_at: rfc3339(callback.due_at),
+        deadline: rfc3339(callback.deadline),
+        attempt: callback.attempts + 1,
+        attempts_made: callback.attempts,
+        max_attempts: callback.max_attempts,
+        last_outcome: callback.last_outcome,
+        requests: callback.requests,
+        claim_url: format!("{base}/claim"),
+        attempt_url: format!("{base}/attempts"),
+        callback_url: base,
+    };
+    Envelope::render(notice, now, data)
 }
 
 /// The `sla.digest` delivery of `queue`'s `day` to `url` (its escalation endpoint): the figures
@@ -109,7 +160,7 @@ pub fn sla_digest(
         report,
     };
     let notice = Notice::SlaDigest;
-    let body = json!({ "type": notice, "timestamp": rfc3339(now), "data": data }).to_string();
+    let body = Envelope::render(notice, now, data);
     Delivery::pending(
         digest_id(queue, day.day),
         None,
