@@ -1,13 +1,16 @@
 //! The webhook body of a callback's notice: every field of the contract, and what rendering it
 //! costs (run by hand under callgrind).
 
+mod common;
+
 use callkeeper::config::Config;
 use callkeeper::domain::inbound::CallbackRequest;
 use callkeeper::domain::lifecycle::{self, Notice};
-use callkeeper::domain::{Callback, Customer, Phone, Priority, QueueName};
+use callkeeper::domain::{Callback, Customer, Priority, QueueName};
 use callkeeper::notify::outbox::{self, rfc3339};
 use callkeeper::schedule::Rules;
 use chrono::{DateTime, TimeZone, Utc};
+use common::support_request;
 use serde_json::{json, Value};
 
 const TOML: &str = r#"
@@ -27,22 +30,17 @@ fn t0() -> DateTime<Utc> {
 fn callback() -> Callback {
     let config = Config::from_toml_with_env(TOML, []).unwrap();
     let rules = Rules::from_config(&config);
-    let queue = QueueName::parse("support").unwrap();
-    let policy = rules.queue(&queue).unwrap();
+    let policy = rules.queue(&QueueName::parse("support").unwrap()).unwrap();
     let request = CallbackRequest {
-        queue,
-        phone: Phone::parse("+31612345678").unwrap(),
         priority: Priority::High,
-        window: None,
         customer: Some(Customer {
             id: Some("c-1".into()),
             name: Some("Ada".into()),
             language: Some("nl".into()),
             timezone: None,
         }),
-        agent_id: None,
         context: Some(json!({ "ivr_path": ["billing", "invoice"], "reason": "double charge" })),
-        call: None,
+        ..support_request("+31612345678")
     };
     lifecycle::create(&request, policy.plan(&request, t0()), policy, t0())
 }
