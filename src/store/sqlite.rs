@@ -441,8 +441,7 @@ impl SqliteStore {
         // the timer would step it a moment later. That saves the timer's read, rewrite and
         // commit of every such callback, and its webhook waits for no one.
         if next.is_some_and(|at| at <= now) {
-            // The timer must not get the fire time just passed; it gets the next one.
-            effects.fires.pop();
+            effects.forget_fire(callback.id);
             next = self
                 .advance_in(conn, &mut callback, next, now, effects)
                 .await?
@@ -609,6 +608,14 @@ impl Deferred {
 }
 
 impl Effects {
+    /// Drops the fire time the last save of `id` asked for, when its caller steps it at once:
+    /// the timer must not get a time already passed, only the step's next one.
+    fn forget_fire(&mut self, id: CallbackId) {
+        if self.fires.last().is_some_and(|&(_, last)| last == id) {
+            self.fires.pop();
+        }
+    }
+
     /// Call only after COMMIT.
     fn wake(self, wakeups: &Wakeups) {
         for (at, id) in self.fires {
