@@ -33,6 +33,7 @@ use futures::{FutureExt as _, StreamExt as _};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::PublisherConfirm;
@@ -782,66 +783,101 @@ impl FlatOut {
 /// worker does. Whether its depth stays bounded says whether any consumer can, on this broker
 /// and these cores; the worker's storm is read against it.
 async fn storm_ceiling(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
-    let label = "storm, bare consumer";
     let rig = Rig::new(env, "storm-ceiling").await?;
     let result = async {
         let broker = Broker::connect(&env.amqp_url).await?;
         callkeeper::intake::topology::declare(&broker.channel, &rig.config.amqp).await?;
-        let intake = rig.config.amqp.queue.clone();
-        let prefetch = rig.config.amqp.prefetch;
-        eprintln!(
-            "{label}: {STORM_PUBLISHERS} publishers flat out for {} against a consumer that only acks…",
-            secs(sizes.storm)
-        );
-        let stop = CancellationToken::new();
-        let acked = Arc::new(AtomicU64::new(0));
-        // On a thread and runtime of its own, as the worker has its own: on the bench's runtime
-        // the consumer would take turns with the publishers' tasks.
-        let consumer = {
-            let (url, queue, stop, acked) =
-                (env.amqp_url.clone(), intake.clone(), stop.clone(), acked.clone());
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(bare_consumer(
-                    &url,
-                    &queue,
-                    prefetch,
-                    u64::MAX,
-                    &stop,
-                    &acked,
-                    async |_| Ok(()),
-                ))
-            })
-        };
-        let (broker_cpu, bench_cpu) = (
-            CpuSpan::start(local_broker_pid(&env.amqp_url)),
-            CpuSpan::start(Some(std::process::id())),
-        );
-        let storm = FlatOut::run(env, &rig.names, &intake, sizes.storm, None).await;
-        let taken = acked.load(Ordering::Relaxed);
-        stop.cancel();
-        tokio::task::spawn_blocking(move || consumer.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the consumer's thread panicked"))??;
-        let storm = storm?;
-        let cpu = format!(
-            "{} / {}",
-            CpuSpan::describe(broker_cpu.as_ref(), storm.published, "request published"),
-            CpuSpan::describe(bench_cpu.as_ref(), storm.published, "request published"),
-        );
-        storm.report(label, ("bare consumer", "acked", taken), prefetch, report);
-        report.figure(
-            label,
-            "CPU while publishing: RabbitMQ / the bench (publishers and consumer)",
-            cpu,
-        );
-        Ok(())
+        bare_storm(env, sizes, &rig, None, report).await
     }
     .await;
     rig.finish(env).await;
     result
+}
+
+/// The same publishers against [`bare_consumer`] on the rig's intake queue, on a thread and
+/// runtime of its own, as the worker has its own (on the bench's runtime the consumer would take
+/// turns with the publishers' tasks). With `store`, each batch first commits SQLite alone's
+/// writes for it on that store ([`StoreFloor`]): the broker and the store together with no
+/// client between them, the storm's counterpart of the backlog's bound.
+async fn bare_storm(
+    env: &Env,
+    sizes: &Sizes,
+    rig: &Rig,
+    store: Option<&Path>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let (label, consumer_name, done) = match store {
+        None => ("storm, bare consumer", "bare consumer", "acked"),
+        Some(_) => (
+            "storm, bare consumer + SQLite alone",
+            "bare consumer + SQLite alone",
+            "stored",
+        ),
+    };
+    let intake = rig.config.amqp.queue.clone();
+    let prefetch = rig.config.amqp.prefetch;
+    eprintln!(
+        "{label}: {STORM_PUBLISHERS} publishers flat out for {} against a consumer without the worker…",
+        secs(sizes.storm)
+    );
+    let stop = CancellationToken::new();
+    let acked = Arc::new(AtomicU64::new(0));
+    let consumer = {
+        let (url, queue, stop, acked) = (
+            env.amqp_url.clone(),
+            intake.clone(),
+            stop.clone(),
+            acked.clone(),
+        );
+        let store = store.map(Path::to_path_buf);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut floor = match &store {
+                    Some(db) => Some(StoreFloor::open(db).await?),
+                    None => None,
+                };
+                let write = async |rows| match floor.as_mut() {
+                    Some(floor) => floor.write(rows).await,
+                    None => Ok(()),
+                };
+                bare_consumer(&url, &queue, prefetch, u64::MAX, &stop, &acked, write).await?;
+                if let Some(floor) = floor {
+                    floor.close().await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+    };
+    let (broker_cpu, bench_cpu) = (
+        CpuSpan::start(local_broker_pid(&env.amqp_url)),
+        CpuSpan::start(Some(std::process::id())),
+    );
+    let storm = FlatOut::run(env, &rig.names, &intake, sizes.storm, None).await;
+    let taken = acked.load(Ordering::Relaxed);
+    stop.cancel();
+    tokio::task::spawn_blocking(move || consumer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the consumer's thread panicked"))??;
+    let storm = storm?;
+    let cpu = format!(
+        "{} / {}",
+        CpuSpan::describe(broker_cpu.as_ref(), storm.published, "request published"),
+        CpuSpan::describe(bench_cpu.as_ref(), storm.published, "request published"),
+    );
+    storm.report(label, (consumer_name, done, taken), prefetch, report);
+    let bench_does = match store {
+        None => "publishers and consumer",
+        Some(_) => "publishers, consumer and SQLite's writes",
+    };
+    report.figure(
+        label,
+        &format!("CPU while publishing: RabbitMQ / the bench ({bench_does})"),
+        cpu,
+    );
+    Ok(())
 }
 
 async fn storm(
@@ -947,6 +983,12 @@ async fn storm(
         report.figure(label, "drain", drain);
         report.figure(label, "peak RSS of the worker", kib(worker.peak_rss_kib));
         report.figure(label, "SIGTERM to exit", stopped.to_string());
+        if let StormLoad::DueLater = load {
+            // The same storm once more with the worker stopped, against the broker and this
+            // store alone: whether any intake could keep up here, whatever its client costs.
+            broker.purge(&intake).await?;
+            bare_storm(env, sizes, &rig, Some(&rig.db), report).await?;
+        }
         Ok(())
     }
     .await;
@@ -2246,6 +2288,14 @@ impl Broker {
                 },
                 arguments,
             )
+            .await?;
+        Ok(())
+    }
+
+    /// Drops every ready message of `queue`.
+    async fn purge(&self, queue: &str) -> anyhow::Result<()> {
+        self.channel
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
             .await?;
         Ok(())
     }
