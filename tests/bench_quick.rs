@@ -27,6 +27,8 @@ const EXPECTED_ROWS: [&str; 27] = [
     "| storm, intake only | worker sustained rate |",
     "| storm, intake only | queue depth slope |",
     "| storm, intake only | worker runnable but without a core, while publishing |",
+    "| storm, bare consumer + SQLite alone | bare consumer + SQLite alone sustained rate |",
+    "| storm, bare consumer + SQLite alone | queue depth slope |",
     "| ontime | spread lateness p50 / p99 / max |",
     "| ontime | spread deliveries/s |",
     "| ontime | burst deliveries/s |",
