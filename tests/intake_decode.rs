@@ -1,30 +1,17 @@
 //! The decoder's contract: every permanently bad message gets a reason, no input panics, and no
 //! detail ever shows a full phone number.
 
-use callkeeper::config::Config;
+mod common;
+
 use callkeeper::domain::inbound::{CancelTarget, Command, Rejection};
 use callkeeper::domain::{CancelReason, Outcome, Priority};
 use callkeeper::intake::decode::{self, reason, MAX_BODY_BYTES};
-use callkeeper::schedule::Rules;
+use common::support_rules;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
 const PHONE: &str = "+31612345678";
 const CALLBACK_ID: &str = "01890a5d-ac96-774b-bcce-b302099a8057";
-
-fn rules() -> Rules {
-    let config = Config::from_toml_with_env(
-        r#"
-        [queues.support]
-        webhook_url = "http://127.0.0.1:9000/hooks"
-        signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
-        sla = { normal = "4h", high = "1h", urgent = "15m" }
-        "#,
-        [],
-    )
-    .expect("test config is valid");
-    Rules::from_config(&config)
-}
 
 fn event(kind: &str, data: Value) -> Value {
     json!({
@@ -54,7 +41,7 @@ fn requested() -> Value {
 }
 
 fn run(value: &Value) -> Result<callkeeper::domain::inbound::Inbound, Rejection> {
-    decode::decode(value.to_string().as_bytes(), None, &rules())
+    decode::decode(value.to_string().as_bytes(), None, &support_rules())
 }
 
 /// Sets `path` (dot-separated, `data.x.y`) in a copy of `base`; `None` removes the key.
@@ -157,7 +144,7 @@ fn content_type_with_parameters_is_accepted() {
         "application/cloudevents+json",
     ] {
         assert!(
-            decode::decode(body.as_bytes(), Some(ct), &rules()).is_ok(),
+            decode::decode(body.as_bytes(), Some(ct), &support_rules()).is_ok(),
             "{ct}"
         );
     }
@@ -230,7 +217,7 @@ fn fingerprint_depends_on_payload_not_on_key_order_or_envelope() {
 /// Every permanently bad case, with the reason it must get.
 #[test]
 fn every_bad_case_has_its_reason() {
-    let rules = rules();
+    let rules = support_rules();
     let req = requested();
     let attempt = event(
         "callback.attempted",
@@ -611,7 +598,7 @@ fn deep_nesting_inside_data_is_refused_without_overflow() {
     );
     let handle = std::thread::Builder::new()
         .stack_size(256 * 1024)
-        .spawn(move || decode::decode(body.as_bytes(), None, &rules()))
+        .spawn(move || decode::decode(body.as_bytes(), None, &support_rules()))
         .unwrap();
     let rejection = handle.join().expect("no stack overflow").unwrap_err();
     assert_eq!(rejection.reason, reason::INVALID_JSON);
@@ -754,12 +741,12 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512),
                                    ct in prop::option::of(".{0,40}")) {
-        check(decode::decode(&body, ct.as_deref(), &rules()));
+        check(decode::decode(&body, ct.as_deref(), &support_rules()));
     }
 
     #[test]
     fn arbitrary_json_never_panics(value in arb_json()) {
-        check(decode::decode(value.to_string().as_bytes(), None, &rules()));
+        check(decode::decode(value.to_string().as_bytes(), None, &support_rules()));
     }
 
     #[test]
@@ -770,7 +757,7 @@ proptest! {
         ],
         data in arb_json(),
     ) {
-        check(decode::decode(event(kind, data).to_string().as_bytes(), None, &rules()));
+        check(decode::decode(event(kind, data).to_string().as_bytes(), None, &support_rules()));
     }
 
     #[test]
@@ -783,7 +770,7 @@ proptest! {
         for (path, replacement) in mutations {
             value = mutate(&value, path, replacement);
         }
-        check(decode::decode(value.to_string().as_bytes(), None, &rules()));
+        check(decode::decode(value.to_string().as_bytes(), None, &support_rules()));
     }
 
     #[test]
@@ -796,6 +783,6 @@ proptest! {
             let i = index.index(body.len());
             body[i] = byte;
         }
-        check(decode::decode(&body, Some("application/cloudevents+json"), &rules()));
+        check(decode::decode(&body, Some("application/cloudevents+json"), &support_rules()));
     }
 }

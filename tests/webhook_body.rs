@@ -3,22 +3,13 @@
 
 mod common;
 
-use callkeeper::config::Config;
 use callkeeper::domain::inbound::CallbackRequest;
 use callkeeper::domain::lifecycle::{self, Notice};
 use callkeeper::domain::{Callback, Customer, Priority, QueueName};
 use callkeeper::notify::outbox::{self, rfc3339};
-use callkeeper::schedule::Rules;
 use chrono::{DateTime, TimeZone, Utc};
-use common::support_request;
+use common::{support_request, support_rules};
 use serde_json::{json, Value};
-
-const TOML: &str = r#"
-[queues.support]
-webhook_url = "http://127.0.0.1:9/agents"
-signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
-sla = { normal = "4h", high = "1h", urgent = "15m" }
-"#;
 
 const PUBLIC_URL: &str = "http://callkeeper.test/";
 
@@ -28,8 +19,7 @@ fn t0() -> DateTime<Utc> {
 
 /// A callback for `support` requested at `t0`, with a customer and an IVR context.
 fn callback() -> Callback {
-    let config = Config::from_toml_with_env(TOML, []).unwrap();
-    let rules = Rules::from_config(&config);
+    let rules = support_rules();
     let policy = rules.queue(&QueueName::parse("support").unwrap()).unwrap();
     let request = CallbackRequest {
         priority: Priority::High,

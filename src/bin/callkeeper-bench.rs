@@ -806,12 +806,18 @@ async fn bare_storm(
     store: Option<&Path>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let (label, consumer_name, done) = match store {
-        None => ("storm, bare consumer", "bare consumer", "acked"),
+    let (label, consumer_name, done, bench_does) = match store {
+        None => (
+            "storm, bare consumer",
+            "bare consumer",
+            "acked",
+            "publishers and consumer",
+        ),
         Some(_) => (
             "storm, bare consumer + SQLite alone",
             "bare consumer + SQLite alone",
             "stored",
+            "publishers, consumer and SQLite's writes",
         ),
     };
     let intake = rig.config.amqp.queue.clone();
@@ -868,10 +874,6 @@ async fn bare_storm(
         CpuSpan::describe(bench_cpu.as_ref(), storm.published, "request published"),
     );
     storm.report(label, (consumer_name, done, taken), prefetch, report);
-    let bench_does = match store {
-        None => "publishers and consumer",
-        Some(_) => "publishers, consumer and SQLite's writes",
-    };
     report.figure(
         label,
         &format!("CPU while publishing: RabbitMQ / the bench ({bench_does})"),

@@ -344,6 +344,22 @@ pub async fn list_all(http: &reqwest::Client, api: &str) -> Vec<Value> {
     }
 }
 
+/// The rules of one `support` queue with its defaults, for tests that need a policy but no
+/// worker.
+pub fn support_rules() -> callkeeper::schedule::Rules {
+    let config = Config::from_toml_with_env(
+        r#"
+        [queues.support]
+        webhook_url = "http://127.0.0.1:9000/hooks"
+        signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+        sla = { normal = "4h", high = "1h", urgent = "15m" }
+        "#,
+        [],
+    )
+    .expect("test config is valid");
+    callkeeper::schedule::Rules::from_config(&config)
+}
+
 /// A plain callback request for `phone` in the `support` queue.
 pub fn support_request(phone: &str) -> callkeeper::domain::inbound::CallbackRequest {
     callkeeper::domain::inbound::CallbackRequest {
