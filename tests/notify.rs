@@ -2,6 +2,7 @@
 //! `standardwebhooks` crate), how each answer of a real local endpoint is classified, and the
 //! delivery worker end to end over a real SQLite store.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -15,7 +16,7 @@ use callkeeper::domain::{CallbackId, Phone, Priority, QueueName};
 use callkeeper::notify::deliver::{self, try_delivery, Reply};
 use callkeeper::notify::signing::{self, VerifyError, DEFAULT_TOLERANCE};
 use callkeeper::notify::{Answer, Delivery, DeliveryState, Notifier, ReceivedWebhook, Receiver};
-use callkeeper::schedule::{Rules, Wakeups};
+use callkeeper::schedule::{DeliveryInbox, Rules, Wakeups};
 use callkeeper::store::{SharedStore, StoreSettings, TryResult};
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
@@ -25,7 +26,6 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::json;
 use tempfile::TempDir;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -502,7 +502,7 @@ struct World {
     store: SharedStore,
     rules: Arc<Rules>,
     notify: NotifyConfig,
-    wake: Arc<Notify>,
+    inbox: DeliveryInbox,
     _dir: TempDir,
 }
 
@@ -540,7 +540,7 @@ impl World {
             store,
             rules,
             notify: config.notify,
-            wake: receivers.deliveries,
+            inbox: receivers.deliveries,
             _dir: dir,
         }
     }
@@ -551,7 +551,7 @@ impl World {
             self.rules.clone(),
             self.notify.clone(),
             Arc::new(SystemClock),
-            self.wake.clone(),
+            self.inbox.clone(),
         );
         let stop = CancellationToken::new();
         let task = tokio::spawn(notifier.run(stop.clone()));
@@ -743,13 +743,27 @@ async fn gone_holds_the_endpoint_until_a_replay() {
         .await;
     assert_eq!(next_webhook(&mut received).await.answered, 410);
 
+    // A notice made meanwhile is held too: stored held, and not handed to the running notifier.
+    let later = world.due_callback("support", "+31612345605").await;
+    let stored = world.store.get_delivery(&later).await.unwrap().unwrap();
+    assert_eq!(stored.state, DeliveryState::Disabled);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        received.try_recv().is_err(),
+        "nothing is sent to a disabled endpoint"
+    );
+
     world
         .store
         .replay_delivery(&id, Utc::now())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(next_webhook(&mut received).await.answered, 204);
+    let replayed = next_webhook(&mut received).await;
+    assert_eq!(
+        (replayed.webhook_id.as_str(), replayed.answered),
+        (id.as_str(), 204)
+    );
     world
         .wait_for(&id, "delivered", |d| d.state == DeliveryState::Delivered)
         .await;
@@ -810,5 +824,49 @@ async fn a_slow_endpoint_does_not_hold_back_a_fast_one() {
         })
         .await;
     assert_eq!(first_slow.tries, 1);
+    notifier.stop().await;
+}
+
+#[tokio::test]
+async fn deliveries_made_while_the_store_is_read_are_each_sent_once() {
+    let secret = new_secret();
+    let (receiver, mut received) = Receiver::start(vec![secret.clone()]).await.unwrap();
+    let world = World::new(&queue_toml("support", &receiver.url(), &secret), &[]).await;
+    let notifier = world.start_notifier();
+    // Asked to look at the store all the time, the notifier reads ready deliveries while the
+    // writes below commit and hand theirs over: each must still be sent once.
+    let inbox = world.inbox.clone();
+    let looking = tokio::spawn(async move {
+        loop {
+            inbox.look();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let mut made = Vec::new();
+    for n in 0..200 {
+        made.push(world.due_callback("support", &format!("+3161{n:07}")).await);
+    }
+    let mut seen = HashMap::new();
+    while seen.len() < made.len() {
+        let webhook = next_webhook(&mut received).await;
+        *seen.entry(webhook.webhook_id).or_insert(0) += 1;
+    }
+    for id in &made {
+        world
+            .wait_for(id, "delivered", |d| d.state == DeliveryState::Delivered)
+            .await;
+    }
+    looking.abort();
+    // Anything sent twice would have arrived by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(webhook) = received.try_recv() {
+        *seen.entry(webhook.webhook_id).or_insert(0) += 1;
+    }
+    made.sort();
+    let mut sent: Vec<_> = seen.keys().cloned().collect();
+    sent.sort();
+    assert_eq!(sent, made, "every delivery made was sent");
+    let twice: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
     notifier.stop().await;
 }

@@ -597,11 +597,15 @@ async fn a_request_due_on_arrival_is_made_due_by_intake() {
     let id = h.create(PHONE, "support", t0()).await;
     let cb = h.store.get(id).await.unwrap().unwrap();
     assert_eq!((cb.state, cb.due_at), (State::Due, t0()));
-    let notices: Vec<Notice> = h.deliveries_of(id).await.iter().map(|d| d.notice).collect();
+    let stored = h.deliveries_of(id).await;
+    let notices: Vec<Notice> = stored.iter().map(|d| d.notice).collect();
     assert_eq!(notices, [Notice::Due]);
-    tokio::time::timeout(Duration::from_secs(10), h.wakeups.deliveries.notified())
+    tokio::time::timeout(Duration::from_secs(10), h.wakeups.deliveries.rung())
         .await
         .expect("the queued webhook must wake the notifier");
+    let inbox = h.wakeups.deliveries.take();
+    assert_eq!(inbox.handed, stored, "handed over as stored");
+    assert!(!inbox.look, "nothing to read back");
 
     let at_risk = t0() + TimeDelta::hours(4) - mins(15);
     assert_eq!(h.wakeups.fire.try_recv().unwrap(), (at_risk, id));
@@ -1312,9 +1316,11 @@ async fn wakeups_follow_commits() {
 
     h.store.advance_one(id, t0()).await.unwrap();
     let deliveries = h.wakeups.deliveries.clone();
-    tokio::time::timeout(Duration::from_secs(10), deliveries.notified())
+    tokio::time::timeout(Duration::from_secs(10), deliveries.rung())
         .await
         .expect("advance that queued a webhook must wake the notifier");
+    let handed: Vec<Notice> = deliveries.take().handed.iter().map(|d| d.notice).collect();
+    assert_eq!(handed, [Notice::Due], "the new delivery is handed over");
     let (at, woken) = h.wakeups.fire.try_recv().unwrap();
     assert_eq!(woken, id);
     assert_eq!(at, t0() + TimeDelta::hours(4) - mins(15));

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng as _;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use secrecy::SecretString;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -27,7 +27,7 @@ use super::{signing, Delivery};
 use crate::clock::{Clock, SharedClock};
 use crate::config::NotifyConfig;
 use crate::domain::lifecycle::Notice;
-use crate::schedule::Rules;
+use crate::schedule::{DeliveryInbox, Rules};
 use crate::store::{SharedStore, StoreError, TryResult};
 
 /// Sent as `User-Agent`, so endpoint owners can tell our requests apart.
@@ -352,8 +352,8 @@ pub struct Notifier {
     rules: Arc<Rules>,
     config: NotifyConfig,
     clock: SharedClock,
-    /// Woken by the store when new deliveries are stored or replayed.
-    wake: Arc<Notify>,
+    /// Where the store puts the deliveries it made, or asks for a look at the store.
+    inbox: DeliveryInbox,
 }
 
 /// What every send task needs.
@@ -486,21 +486,36 @@ impl Lanes {
         u32::try_from(limit.max(1)).unwrap_or(u32::MAX)
     }
 
+    /// Takes what a fetch read from the store.
     fn take(&mut self, ready: Vec<Delivery>, limit: u32) {
-        self.more_ready = ready.len() >= limit as usize;
-        self.skipped = 0;
-        for delivery in ready {
+        let full = ready.len() >= limit as usize;
+        self.skipped = self.admit(ready);
+        self.more_ready = full || self.skipped > 0;
+    }
+
+    /// Takes what the store handed over; those whose lane is full are left to a later fetch.
+    fn take_handed(&mut self, handed: Vec<Delivery>) {
+        if self.admit(handed) > 0 {
+            self.more_ready = true;
+        }
+    }
+
+    /// Puts deliveries not held yet in their lanes; returns how many found their lane full.
+    fn admit(&mut self, deliveries: Vec<Delivery>) -> usize {
+        let mut left = 0;
+        for delivery in deliveries {
+            if self.held.contains(&delivery.id) {
+                continue;
+            }
             let lane = self.waiting.entry(delivery.url.clone()).or_default();
             if lane.len() >= self.backlog_per_endpoint {
-                self.skipped += 1;
+                left += 1;
                 continue;
             }
             self.held.insert(delivery.id.clone());
             lane.push_back(delivery);
         }
-        if self.skipped > 0 {
-            self.more_ready = true;
-        }
+        left
     }
 
     /// Starts every waiting delivery that has both a global and an endpoint slot, one endpoint
@@ -575,14 +590,14 @@ impl Notifier {
         rules: Arc<Rules>,
         config: NotifyConfig,
         clock: SharedClock,
-        wake: Arc<Notify>,
+        inbox: DeliveryInbox,
     ) -> Self {
         Self {
             store,
             rules,
             config,
             clock,
-            wake,
+            inbox,
         }
     }
 
@@ -676,7 +691,11 @@ impl Notifier {
                     // Room in the lanes: refill them if the store holds more than we took.
                     lanes.more_ready
                 }
-                _ = self.wake.notified() => true,
+                _ = self.inbox.rung() => {
+                    let inbox = self.inbox.take();
+                    lanes.take_handed(inbox.handed);
+                    inbox.look
+                }
                 _ = tokio::time::sleep(sleep_for) => true,
             };
         }
@@ -714,6 +733,14 @@ impl Notifier {
         let limit = lanes.fetch_limit();
         let ready = self.store.ready_deliveries(now, limit, &lanes.held).await?;
         lanes.take(ready, limit);
+        // Handed over meanwhile: the read may have seen some of these too. Taken now, before
+        // any is sent, each is taken once (the store hands over before a read can see them).
+        let inbox = self.inbox.take();
+        lanes.take_handed(inbox.handed);
+        if inbox.look {
+            // Asked during the read, which may have missed it: look again.
+            self.inbox.look();
+        }
         // Ready ones we hold or skipped are handled by completions and the poll.
         let next = self.store.next_delivery_at().await?;
         Ok(next.filter(|at| *at > now))

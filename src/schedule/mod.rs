@@ -10,4 +10,4 @@ pub use calendar::{instant, Calendar, Range, Recurring};
 pub use country_zones::zone_of_country;
 pub use rules::{Callee, CallingWindows, Plan, QueuePolicy, Rules};
 pub use timer::Timer;
-pub use wakeups::{WakeupReceivers, Wakeups};
+pub use wakeups::{DeliveryInbox, Inbox, WakeupReceivers, Wakeups};

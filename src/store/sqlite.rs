@@ -61,6 +61,10 @@ pub struct SqliteStore {
     /// [`Store::migrate`] or by the first batch of intake, then kept by intake and retention.
     event_keys: Arc<tokio::sync::OnceCell<Mutex<EventKeys>>>,
     settings: StoreSettings,
+    /// Held by a write from its COMMIT until it has handed its deliveries to the notifier, and
+    /// by the notifier's reads of ready deliveries: a read that sees a delivery then finds it in
+    /// the inbox too, so it is never taken once from each and sent twice.
+    handover: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Both pools skip sqlx's ping before handing out a connection: the database is a file in
@@ -122,6 +126,7 @@ impl SqliteStore {
             reader,
             event_keys: Arc::default(),
             settings,
+            handover: Arc::default(),
         })
     }
 
@@ -148,16 +153,20 @@ impl SqliteStore {
     }
 
     /// Ends a write: the changes' lifecycle events go to the outbox in bulk, then COMMIT, then
-    /// the timer and notifier are woken (never before, so they never see uncommitted work).
+    /// the timer and notifier are woken (never before, so they never see uncommitted work) and
+    /// the notifier is handed the deliveries made.
     async fn commit(
         &self,
         mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
         mut effects: Effects,
     ) -> Result {
-        if let Some(rows) = effects.deferred.take() {
-            write_deferred(&mut tx, rows).await?;
-        }
+        effects.write_deferred(&mut tx).await?;
         insert_events(&mut tx, &effects.events).await?;
+        let _handover = match effects.handed.is_empty() {
+            true => None,
+            false => Some(self.handover.lock().await),
+        };
+        // Until the guard drops, after the hand-over, no read of ready deliveries can see them.
         tx.commit().await?;
         effects.wake(&self.settings.wakeups);
         Ok(())
@@ -218,7 +227,7 @@ impl SqliteStore {
             effects.deliveries += deliveries.len();
             match effects.deferred.as_mut() {
                 Some(rows) => rows.deliveries.extend(deliveries),
-                None => insert_deliveries(conn, &deliveries).await?,
+                None => effects.insert_deliveries(conn, deliveries).await?,
             }
         }
         Ok(next)
@@ -580,7 +589,10 @@ impl<'a> Prior<'a> {
 #[derive(Debug, Default)]
 struct Effects {
     fires: Vec<(DateTime<Utc>, CallbackId)>,
+    /// Deliveries made, written or deferred.
     deliveries: usize,
+    /// Deliveries written, for the notifier once committed.
+    handed: Vec<Delivery>,
     /// Lifecycle events written to the outbox; counted in the metrics once committed.
     events: Vec<LifecycleEvent>,
     /// Set by a write that reads all it needs before changing anything (the timer's batch,
@@ -608,6 +620,40 @@ impl Deferred {
 }
 
 impl Effects {
+    /// Writes the deferred rows, if any; their deliveries are then handed over like the rest.
+    async fn write_deferred(&mut self, conn: &mut SqliteConnection) -> Result {
+        let Some(rows) = self.deferred.take() else {
+            return Ok(());
+        };
+        let callbacks: Vec<_> = rows.callbacks.iter().map(|(c, next)| (c, *next)).collect();
+        upsert_callbacks(conn, &callbacks).await?;
+        self.insert_deliveries(conn, rows.deliveries).await
+    }
+
+    /// Writes deliveries and keeps those stored pending for the hand-over (those to a disabled
+    /// endpoint are stored held, and wait for a replay).
+    async fn insert_deliveries(
+        &mut self,
+        conn: &mut SqliteConnection,
+        deliveries: Vec<Delivery>,
+    ) -> Result {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        insert_deliveries(conn, &deliveries).await?;
+        let disabled: HashSet<String> = sqlx::query_scalar(sql::DISABLED_URLS)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+        self.handed.extend(
+            deliveries
+                .into_iter()
+                .filter(|d| !disabled.contains(&d.url)),
+        );
+        Ok(())
+    }
+
     /// Drops the fire time the last save of `id` asked for, when its caller steps it at once:
     /// the timer must not get a time already passed, only the step's next one.
     fn forget_fire(&mut self, id: CallbackId) {
@@ -621,8 +667,8 @@ impl Effects {
         for (at, id) in self.fires {
             wakeups.fire_at(at, id);
         }
-        if self.deliveries > 0 {
-            wakeups.deliveries_ready();
+        if !self.handed.is_empty() {
+            wakeups.deliveries_made(self.handed);
         }
         if !self.events.is_empty() {
             crate::events::observe(&self.events);
@@ -704,9 +750,7 @@ impl Store for SqliteStore {
                     // so far are written first, and the read-ahead is dropped (the command may
                     // close what it holds).
                     command => {
-                        if let Some(rows) = effects.deferred.take() {
-                            write_deferred(&mut tx, rows).await?;
-                        }
+                        effects.write_deferred(&mut tx).await?;
                         open = None;
                         let outcome = self
                             .command_in(&mut tx, command, now, &mut opted_out, &mut effects)
@@ -871,12 +915,15 @@ impl Store for SqliteStore {
         held: &HashSet<String>,
     ) -> Result<Vec<Delivery>> {
         let now = ms(now);
+        // The connection first: in memory it is the writer's, which a committing write holds.
+        let mut conn = self.reader.acquire().await?;
+        let _handover = self.handover.lock().await;
         // Ids first, from the index alone; then the rows of only those not held.
         let scan = i64::from(limit).saturating_add(held.len() as i64);
         let ids: Vec<String> = sqlx::query_scalar(sql::READY_DELIVERY_IDS)
             .bind(now)
             .bind(scan)
-            .fetch_all(&self.reader)
+            .fetch_all(&mut *conn)
             .await?;
         let wanted: Vec<String> = ids
             .into_iter()
@@ -891,7 +938,7 @@ impl Store for SqliteStore {
             for id in chunk {
                 query = query.bind(id);
             }
-            for row in query.fetch_all(&self.reader).await? {
+            for row in query.fetch_all(&mut *conn).await? {
                 let delivery = delivery_from_row(&row)?;
                 found.insert(delivery.id.clone(), delivery);
             }
@@ -1484,6 +1531,8 @@ mod sql {
     pub const PURGE_INBOUND_EVENTS: &str = "DELETE FROM inbound_events WHERE seq IN \
          (SELECT seq FROM inbound_events WHERE applied_at < ? LIMIT ?) \
          RETURNING seq, key_hash, source, id";
+    /// Endpoints disabled by a 410, until a replay (a handful at most).
+    pub const DISABLED_URLS: &str = "SELECT url FROM endpoints WHERE disabled_at IS NOT NULL";
     pub const HOLD_URL: &str =
         "UPDATE deliveries SET state = 'disabled' WHERE url = ? AND state = 'pending'";
     /// An SLA digest (no callback), held when its endpoint is disabled; a stored id wins.
@@ -1892,13 +1941,6 @@ async fn open_callbacks(conn: &mut SqliteConnection, events: &[Inbound]) -> Resu
         }
     }
     Ok(open)
-}
-
-/// Writes the rows a write kept for the end, many per statement.
-async fn write_deferred(conn: &mut SqliteConnection, rows: Deferred) -> Result {
-    let callbacks: Vec<_> = rows.callbacks.iter().map(|(c, next)| (c, *next)).collect();
-    upsert_callbacks(conn, &callbacks).await?;
-    insert_deliveries(conn, &rows.deliveries).await
 }
 
 /// When `phone` was called after `since`, over all its callbacks in every queue.
