@@ -30,6 +30,7 @@ const EXPECTED_ROWS: &[&str] = &[
     "| storm, bare consumer + SQLite alone | bare consumer + SQLite alone sustained rate |",
     "| storm, bare consumer + SQLite alone | queue depth slope |",
     "| ontime | spread lateness p50 / p99 / max |",
+    "| ontime | spread: where callbacks over 25 ms late were due |",
     "| ontime | spread deliveries/s |",
     "| ontime | burst deliveries/s |",
     "| ontime | worker CPU from the first due time (user + system) |",

@@ -8,7 +8,7 @@
 //! spread load and a one-second burst) and `ahead` (a million callbacks booked for next week:
 //! memory and start-up). `--quick` runs small sizes so CI keeps the bench from rotting.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1114,6 +1114,8 @@ async fn ontime(
         }
         let under_two_ids = webhook_ids.values().filter(|ids| ids.len() > 1).count();
         let (mut spread_late, mut burst_late) = (Vec::new(), Vec::new());
+        // Spread callbacks over the p99 target, by second of the load (from the first due time).
+        let mut late_by_second: BTreeMap<i64, (usize, f64)> = BTreeMap::new();
         let mut spread_last = first_due;
         let mut burst_last = burst_due;
         for arrival in first_arrival.values() {
@@ -1127,6 +1129,12 @@ async fn ontime(
             } else {
                 spread_late.push(late);
                 spread_last = spread_last.max(arrival.at);
+                if late > 25.0 {
+                    let second = (arrival.due_at - first_due).num_seconds();
+                    let (count, worst) = late_by_second.entry(second).or_default();
+                    *count += 1;
+                    *worst = worst.max(late);
+                }
             }
         }
         let spread = Percentiles::of(&mut spread_late);
@@ -1201,6 +1209,32 @@ async fn ontime(
             "ontime",
             "spread lateness p50 / p99 / max",
             format!("{}{spread_note}", spread.summary(1)),
+        );
+        report.figure(
+            "ontime",
+            "spread: where callbacks over 25 ms late were due",
+            if late_by_second.is_empty() {
+                "none".into()
+            } else {
+                // The seconds with most, in order of the load: a stall that recurs shows its period.
+                let mut worst: Vec<_> = late_by_second.iter().collect();
+                worst.sort_by_key(|(_, (count, _))| std::cmp::Reverse(*count));
+                worst.truncate(6);
+                worst.sort_by_key(|(second, _)| **second);
+                let seconds: Vec<String> = worst
+                    .iter()
+                    .map(|(second, (count, max))| {
+                        format!("{second} ({}, up to {max:.0} ms)", thousands(*count as u64))
+                    })
+                    .collect();
+                format!(
+                    "{} in {} of {} seconds; most in seconds {}",
+                    thousands(late_by_second.values().map(|(n, _)| *n as u64).sum()),
+                    late_by_second.len(),
+                    sizes.spread_over.as_secs(),
+                    seconds.join(", ")
+                )
+            },
         );
         report.figure(
             "ontime",
