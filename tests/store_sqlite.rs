@@ -15,7 +15,9 @@ use callkeeper::domain::{
 };
 use callkeeper::notify::DeliveryState;
 use callkeeper::schedule::{Rules, WakeupReceivers, Wakeups};
-use callkeeper::store::{ListFilter, SqliteStore, Store, StoreError, StoreSettings, TryResult};
+use callkeeper::store::{
+    FireKey, ListFilter, SqliteStore, Store, StoreError, StoreSettings, TryResult,
+};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use serde_json::json;
 use tempfile::TempDir;
@@ -1341,6 +1343,48 @@ async fn fire_times_are_earliest_first_and_bounded() {
         h.store.fire_times(t0() + mins(60), 1).await.unwrap().len(),
         1
     );
+}
+
+/// The timer reads on from where its window ends: by time, then id, so a page can end inside
+/// one millisecond shared by more callbacks than it holds, and the next page takes the rest.
+#[tokio::test]
+async fn fire_times_page_on_from_a_place_by_time_then_id() {
+    let h = harness().await;
+    let mut same_time = Vec::new();
+    for n in 0..5 {
+        same_time.push(h.schedule(&format!("+3161234568{n}"), t0()).await);
+    }
+    same_time.sort();
+    let later = h.schedule("+31612345690", t0() + mins(1)).await;
+    let until = t0() + mins(60);
+
+    let mut paged = Vec::new();
+    let mut after = FireKey::START;
+    loop {
+        let page = h.store.fire_times_after(after, until, 2).await.unwrap();
+        let Some(&(at, id)) = page.last() else { break };
+        after = FireKey { at, id: Some(id) };
+        paged.extend(page);
+    }
+    let mut expected: Vec<_> = same_time.iter().map(|&id| (t0(), id)).collect();
+    expected.push((t0() + mins(1), later));
+    assert_eq!(paged, expected, "each once, in order");
+
+    let past_the_millisecond = FireKey { at: t0(), id: None };
+    assert_eq!(
+        h.store
+            .fire_times_after(past_the_millisecond, until, 10)
+            .await
+            .unwrap(),
+        vec![(t0() + mins(1), later)]
+    );
+    assert!(past_the_millisecond.covers(t0(), same_time[4]));
+    let inside = FireKey {
+        at: t0(),
+        id: Some(same_time[1]),
+    };
+    assert!(inside.covers(t0(), same_time[1]) && !inside.covers(t0(), same_time[2]));
+    assert!(!inside.covers(t0() + mins(1), later));
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! The one timer task. It keeps only the near-term window (`horizon`) of fire times in memory,
 //! as an ordered set, and asks the store for more as time moves on — so a million callbacks
 //! booked for next week cost nothing here, and a restart catches up on everything overdue (their
-//! fire times are in the past, so the first load returns them first).
+//! fire times are in the past, so the first load returns them first). Each load reads on from
+//! where the window ends, a page at a time, so the timer never reads again what it holds.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,10 +14,14 @@ use tracing::{debug, warn};
 
 use crate::clock::SharedClock;
 use crate::domain::CallbackId;
-use crate::store::SharedStore;
+use crate::store::{FireKey, SharedStore};
 
-/// At most this many fire times are loaded per refill.
-const LOAD_LIMIT: u32 = 20_000;
+/// At most this many fire times are loaded per refill: a page small enough that loading it
+/// holds up firing for a few milliseconds (one of 20,000 held it up for tens).
+const LOAD_LIMIT: u32 = 2_048;
+/// The window is extended only while fewer fire times than this are in hand, so memory stays
+/// bounded when the horizon holds millions.
+const PENDING_LOW: usize = 10_000;
 /// Longest sleep, so a manual clock moved by a test (or a wall-clock jump) is noticed soon.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
 /// Most callbacks stepped in one store transaction: large enough that a burst costs few
@@ -37,8 +42,8 @@ pub struct Timer {
     /// Fire times within the loaded window, earliest first.
     pending: BTreeSet<(DateTime<Utc>, CallbackId)>,
     /// Every fire time up to here is in `pending` (or already fired); later ones live only in
-    /// the store until a refill.
-    loaded_until: DateTime<Utc>,
+    /// the store until a refill reads on from here.
+    loaded: FireKey,
 }
 
 impl Timer {
@@ -55,7 +60,7 @@ impl Timer {
             horizon,
             hints,
             pending: BTreeSet::new(),
-            loaded_until: DateTime::UNIX_EPOCH,
+            loaded: FireKey::START,
         }
     }
 
@@ -144,39 +149,112 @@ impl Timer {
     }
 
     async fn refill(&mut self, now: DateTime<Utc>) -> crate::store::Result {
-        let short = now + self.horizon / 2 >= self.loaded_until;
-        // With a full window of work in hand, firing comes first: reloading would return the
-        // same earliest rows again.
-        if !short || self.pending.len() >= LOAD_LIMIT as usize / 2 {
+        if !self.wants_refill(now) {
             return Ok(());
         }
         let until = now + self.horizon;
-        let times = self.store.fire_times(until, LOAD_LIMIT).await?;
-        self.loaded_until = match times.last() {
-            // A full page: only what is strictly before its last time is known complete.
-            Some(&(last, _)) if times.len() == LOAD_LIMIT as usize => {
-                last - chrono::Duration::milliseconds(1)
-            }
-            _ => until,
+        let times = self
+            .store
+            .fire_times_after(self.loaded, until, LOAD_LIMIT)
+            .await?;
+        self.loaded = match times.last() {
+            // A full page: known up to its last row; the next refill reads on from there.
+            Some(&(at, id)) if times.len() == LOAD_LIMIT as usize => FireKey { at, id: Some(id) },
+            _ => FireKey {
+                at: until,
+                id: None,
+            },
         };
         self.pending.extend(times);
         Ok(())
     }
 
+    /// When the window ends within half a horizon, and there is room in hand.
+    fn wants_refill(&self, now: DateTime<Utc>) -> bool {
+        now >= self.refill_at() && self.pending.len() < PENDING_LOW
+    }
+
+    fn refill_at(&self) -> DateTime<Utc> {
+        // Before the first load the window ends at the start of time, where this would overflow.
+        (self.loaded.at)
+            .checked_sub_signed(self.horizon / 2)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+
     fn take_hint(&mut self, (at, id): (DateTime<Utc>, CallbackId)) {
         // Later fire times stay in the store; a refill brings them when they come near.
-        if at <= self.loaded_until {
+        if self.loaded.covers(at, id) {
             self.pending.insert((at, id));
         }
     }
 
     fn sleep_for(&self) -> Duration {
         let now = self.clock.now();
-        let refill_at = self.loaded_until - self.horizon / 2;
-        let wake = self
-            .pending
-            .first()
-            .map_or(refill_at, |&(at, _)| at.min(refill_at));
+        let first = self.pending.first().map(|&(at, _)| at);
+        // A refill that is due but waits for room must not wake the timer: it would spin until
+        // the window's callbacks fire.
+        let refill_at = (self.pending.len() < PENDING_LOW).then(|| self.refill_at());
+        let wake = [first, refill_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + MAX_SLEEP);
         (wake - now).to_std().unwrap_or_default().min(MAX_SLEEP)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::TimeZone as _;
+
+    use super::*;
+    use crate::clock::{Clock as _, ManualClock};
+    use crate::config::Config;
+    use crate::schedule::{Rules, Wakeups};
+    use crate::store::StoreSettings;
+
+    async fn timer(clock: ManualClock) -> Timer {
+        let config = Config::default();
+        let (wakeups, receivers) = Wakeups::new();
+        let settings = StoreSettings {
+            rules: Arc::new(Rules::from_config(&config)),
+            public_url: config.http.public_url.clone(),
+            opt_out_period: config.intake.opt_out_period,
+            wakeups,
+        };
+        let store = crate::store::open("sqlite::memory:", settings)
+            .await
+            .unwrap();
+        Timer::new(
+            store,
+            Arc::new(clock),
+            Duration::from_secs(120),
+            receivers.fire,
+        )
+    }
+
+    /// A full window of callbacks due in a while, with its refill due: the refill waits for
+    /// room, so the timer sleeps until the first is due instead of waking at once, forever.
+    #[tokio::test]
+    async fn a_refill_waiting_for_room_does_not_wake_the_timer() {
+        let start = Utc.with_ymd_and_hms(2026, 12, 4, 8, 0, 0).unwrap();
+        let clock = ManualClock::new(start);
+        let mut timer = timer(clock.clone()).await;
+        assert_eq!(timer.step().await, 0, "an empty store: nothing to fire");
+        assert_eq!(timer.loaded.at, start + chrono::Duration::seconds(120));
+        let due = start + chrono::Duration::seconds(110);
+        for _ in 0..PENDING_LOW {
+            timer.take_hint((due, CallbackId::new()));
+        }
+        // Past the refill time, 10 s before the first is due.
+        clock.set(start + chrono::Duration::seconds(100));
+        assert!(!timer.wants_refill(clock.now()), "no room for a refill");
+        assert_eq!(timer.sleep_for(), MAX_SLEEP, "sleeps until due (capped)");
+        // With room again, the refill is due at once.
+        timer.pending.pop_first();
+        assert!(timer.wants_refill(clock.now()));
+        assert_eq!(timer.sleep_for(), Duration::ZERO);
     }
 }

@@ -20,6 +20,27 @@ use crate::notify::{Delivery, DeliveryState};
 use crate::schedule::{Rules, Wakeups};
 
 pub use event_keys::key_hash;
+
+/// A place in the timer's order of fire times: by time, then callback id. With no id it stands
+/// after every callback due at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FireKey {
+    pub at: DateTime<Utc>,
+    pub id: Option<CallbackId>,
+}
+
+impl FireKey {
+    /// Before every fire time.
+    pub const START: FireKey = FireKey {
+        at: DateTime::<Utc>::MIN_UTC,
+        id: None,
+    };
+
+    /// Whether the fire time `(at, id)` comes at or before this place.
+    pub fn covers(&self, at: DateTime<Utc>, id: CallbackId) -> bool {
+        at < self.at || (at == self.at && self.id.is_none_or(|last| id <= last))
+    }
+}
 pub use sqlite::{SqliteStore, WRITER_CACHE};
 
 pub type Result<T = (), E = StoreError> = std::result::Result<T, E>;
@@ -198,12 +219,22 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Callback>;
 
-    /// Callbacks the timer must look at by `until`, earliest first, at most `limit`.
+    /// Callbacks the timer must look at after `after` and by `until`, earliest first (by time,
+    /// then id), at most `limit`.
+    async fn fire_times_after(
+        &self,
+        after: FireKey,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(DateTime<Utc>, CallbackId)>>;
+    /// [`Store::fire_times_after`] from the start.
     async fn fire_times(
         &self,
         until: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<(DateTime<Utc>, CallbackId)>>;
+    ) -> Result<Vec<(DateTime<Utc>, CallbackId)>> {
+        self.fire_times_after(FireKey::START, until, limit).await
+    }
     /// Applies the time-driven transitions due at `now` to each callback and queues their
     /// webhooks, all in one transaction. One entry per id, in order; `None` for a callback
     /// that no longer exists, and for an id listed twice after its first place.

@@ -859,12 +859,19 @@ impl Store for SqliteStore {
         Ok(callback)
     }
 
-    async fn fire_times(
+    async fn fire_times_after(
         &self,
+        after: FireKey,
         until: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<(DateTime<Utc>, CallbackId)>> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(sql::FIRE_TIMES)
+        let query = match after.id {
+            None => sqlx::query_as(sql::FIRE_TIMES_AFTER_TIME).bind(ms(after.at)),
+            Some(id) => sqlx::query_as(sql::FIRE_TIMES_AFTER_KEY)
+                .bind(ms(after.at))
+                .bind(id.to_string()),
+        };
+        let rows: Vec<(i64, String)> = query
             .bind(ms(until))
             .bind(limit)
             .fetch_all(&self.reader)
@@ -1510,8 +1517,13 @@ mod sql {
     pub fn in_list(n: usize) -> String {
         vec!["?"; n].join(", ")
     }
-    pub const FIRE_TIMES: &str = "SELECT next_fire_at, id FROM callbacks \
-         WHERE next_fire_at IS NOT NULL AND next_fire_at <= ? \
+    /// Fire times after a time (binds: after, until, limit), from the timer's index.
+    pub const FIRE_TIMES_AFTER_TIME: &str = "SELECT next_fire_at, id FROM callbacks \
+         WHERE next_fire_at IS NOT NULL AND next_fire_at > ? AND next_fire_at <= ? \
+         ORDER BY next_fire_at, id LIMIT ?";
+    /// Fire times after a time and id (binds: after, id, until, limit).
+    pub const FIRE_TIMES_AFTER_KEY: &str = "SELECT next_fire_at, id FROM callbacks \
+         WHERE next_fire_at IS NOT NULL AND (next_fire_at, id) > (?, ?) AND next_fire_at <= ? \
          ORDER BY next_fire_at, id LIMIT ?";
     /// Binds: phone, since (exclusive).
     pub const PHONE_ATTEMPTS: &str = "SELECT at FROM attempts WHERE phone = ? AND at > ?";
@@ -2325,7 +2337,8 @@ mod tests {
             sql::EVENT_SEQ_RANGE.into(),
             sql::UNHASHED_EVENT_KEYS.into(),
             sql::record_events(2),
-            sql::FIRE_TIMES.into(),
+            sql::FIRE_TIMES_AFTER_TIME.into(),
+            sql::FIRE_TIMES_AFTER_KEY.into(),
             sql::NEXT_DELIVERY_AT.into(),
             sql::PHONE_ATTEMPTS.into(),
             sql::HOLD_URL.into(),
@@ -2391,6 +2404,15 @@ mod tests {
             (
                 sql::oldest_untried(),
                 "callbacks_untried_queue_requested_at (queue=?)",
+            ),
+            // The timer's refills: a range of its index, not a walk from the earliest.
+            (
+                sql::FIRE_TIMES_AFTER_TIME.into(),
+                "callbacks_next_fire_at (next_fire_at>? AND next_fire_at<?)",
+            ),
+            (
+                sql::FIRE_TIMES_AFTER_KEY.into(),
+                "callbacks_next_fire_at ((next_fire_at,id)>(?,?) AND next_fire_at<?)",
             ),
             (
                 sql::sla_counts(),
