@@ -691,11 +691,7 @@ impl Notifier {
                     // Room in the lanes: refill them if the store holds more than we took.
                     lanes.more_ready
                 }
-                _ = self.inbox.rung() => {
-                    let inbox = self.inbox.take();
-                    lanes.take_handed(inbox.handed);
-                    inbox.look
-                }
+                _ = self.inbox.rung() => self.empty_inbox(&mut lanes),
                 _ = tokio::time::sleep(sleep_for) => true,
             };
         }
@@ -727,6 +723,13 @@ impl Notifier {
         Ok(())
     }
 
+    /// Takes what the store handed over into the lanes; returns whether it asked for a look.
+    fn empty_inbox(&self, lanes: &mut Lanes) -> bool {
+        let inbox = self.inbox.take();
+        lanes.take_handed(inbox.handed);
+        inbox.look
+    }
+
     /// Takes ready deliveries into the lanes; returns when the next one not yet ready is due.
     async fn fetch(&self, lanes: &mut Lanes) -> crate::store::Result<Option<DateTime<Utc>>> {
         let now = self.clock.now();
@@ -735,9 +738,7 @@ impl Notifier {
         lanes.take(ready, limit);
         // Handed over meanwhile: the read may have seen some of these too. Taken now, before
         // any is sent, each is taken once (the store hands over before a read can see them).
-        let inbox = self.inbox.take();
-        lanes.take_handed(inbox.handed);
-        if inbox.look {
+        if self.empty_inbox(lanes) {
             // Asked during the read, which may have missed it: look again.
             self.inbox.look();
         }

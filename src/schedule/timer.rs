@@ -171,7 +171,11 @@ impl Timer {
 
     /// When the window ends within half a horizon, and there is room in hand.
     fn wants_refill(&self, now: DateTime<Utc>) -> bool {
-        now >= self.refill_at() && self.pending.len() < PENDING_LOW
+        now >= self.refill_at() && self.has_room()
+    }
+
+    fn has_room(&self) -> bool {
+        self.pending.len() < PENDING_LOW
     }
 
     fn refill_at(&self) -> DateTime<Utc> {
@@ -193,7 +197,7 @@ impl Timer {
         let first = self.pending.first().map(|&(at, _)| at);
         // A refill that is due but waits for room must not wake the timer: it would spin until
         // the window's callbacks fire.
-        let refill_at = (self.pending.len() < PENDING_LOW).then(|| self.refill_at());
+        let refill_at = self.has_room().then(|| self.refill_at());
         let wake = [first, refill_at]
             .into_iter()
             .flatten()

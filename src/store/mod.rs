@@ -20,6 +20,7 @@ use crate::notify::{Delivery, DeliveryState};
 use crate::schedule::{Rules, Wakeups};
 
 pub use event_keys::key_hash;
+pub use sqlite::{SqliteStore, WRITER_CACHE};
 
 /// A place in the timer's order of fire times: by time, then callback id. With no id it stands
 /// after every callback due at `at`.
@@ -41,7 +42,6 @@ impl FireKey {
         at < self.at || (at == self.at && self.id.is_none_or(|last| id <= last))
     }
 }
-pub use sqlite::{SqliteStore, WRITER_CACHE};
 
 pub type Result<T = (), E = StoreError> = std::result::Result<T, E>;
 

@@ -635,21 +635,13 @@ impl Effects {
     async fn insert_deliveries(
         &mut self,
         conn: &mut SqliteConnection,
-        deliveries: Vec<Delivery>,
+        mut deliveries: Vec<Delivery>,
     ) -> Result {
-        if deliveries.is_empty() {
-            return Ok(());
-        }
-        insert_deliveries(conn, &deliveries).await?;
-        let disabled: HashSet<String> = sqlx::query_scalar(sql::DISABLED_URLS)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .collect();
+        insert_deliveries(conn, &mut deliveries).await?;
         self.handed.extend(
             deliveries
                 .into_iter()
-                .filter(|d| !disabled.contains(&d.url)),
+                .filter(|d| d.state == DeliveryState::Pending),
         );
         Ok(())
     }
@@ -1481,18 +1473,13 @@ mod sql {
         )
     }
 
-    /// Deliveries (binds per row: id, callback_id, queue, notice, url, body, url again, state,
-    /// tries, next_try_at, last_status, last_error, created_at, delivered_at). A row to a
-    /// disabled endpoint is stored `disabled` whatever state it was given.
+    /// Deliveries (binds per row: id, callback_id, queue, notice, url, body, state, tries,
+    /// next_try_at, last_status, last_error, created_at, delivered_at).
     pub fn insert_deliveries(rows: usize) -> String {
-        let row = "(?, ?, ?, ?, ?, ?, \
-             CASE WHEN EXISTS (SELECT 1 FROM endpoints WHERE url = ? AND disabled_at IS NOT NULL) \
-                  THEN 'disabled' ELSE ? END, \
-             ?, ?, ?, ?, ?, ?)";
         format!(
             "INSERT INTO deliveries ({}) VALUES {}",
             super::DELIVERY_COLUMNS,
-            vec![row; rows].join(", ")
+            placeholders(rows, 13)
         )
     }
 
@@ -2048,9 +2035,20 @@ async fn insert_events(conn: &mut SqliteConnection, events: &[LifecycleEvent]) -
     Ok(())
 }
 
-/// Inserts deliveries, many rows per statement; those to a disabled endpoint are held
-/// (`disabled`) instead of pending.
-async fn insert_deliveries(conn: &mut SqliteConnection, deliveries: &[Delivery]) -> Result {
+/// Inserts deliveries, many rows per statement; those to a disabled endpoint are held: marked
+/// `disabled` here, so the rows in hand say what was stored.
+async fn insert_deliveries(conn: &mut SqliteConnection, deliveries: &mut [Delivery]) -> Result {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let disabled: HashSet<String> = sqlx::query_scalar(sql::DISABLED_URLS)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    for d in deliveries.iter_mut().filter(|d| disabled.contains(&d.url)) {
+        d.state = DeliveryState::Disabled;
+    }
     for chunk in deliveries.chunks(sql::CHUNK) {
         let statement = sql::insert_deliveries(chunk.len());
         let mut query = sqlx::query(&statement);
@@ -2062,7 +2060,6 @@ async fn insert_deliveries(conn: &mut SqliteConnection, deliveries: &[Delivery])
                 .bind(d.notice.as_str())
                 .bind(&d.url)
                 .bind(&d.body)
-                .bind(&d.url)
                 .bind(d.state.as_str())
                 .bind(d.tries)
                 .bind(ms(d.next_try_at))
